@@ -1,6 +1,6 @@
 """AlexNet for Keras, in the style of ``keras.applications``: one function builds the model.
 
-Two published architectures:
+Two published architectures (tables in :mod:`extractor.archs`):
 
 - ``caffe``: Krizhevsky et al. 2012 as in BVLC/Caffe: 96-256-384-384-256 filters, conv2/4/5 in two groups,
   local response normalisation after the max-pool of blocks 1 and 2, input 227 x 227.
@@ -8,147 +8,84 @@ Two published architectures:
   no groups, no LRN, input 224 x 224.
 
 The model takes preprocessed NHWC float input (see :func:`preprocess_input`), as keras.applications models do.
-Every layer is serialisable: a saved ``.keras`` file loads back in a process that imports this module.
+Every layer is serialisable: a saved ``.keras`` file loads back in a process that imports this module (the
+custom layers are registered at import).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from extractor.archs import (ARCHS, CAFFE_MEAN_RGB, CONV_LAYERS, CONVS, FC_LAYERS, INPUT_SIZE, POOL5_SHAPE,
+                             POOLINGS, TORCH_MEAN, TORCH_STD, check_arch, flops_per_image)
 from extractor.errors import WeightsError
 
 if TYPE_CHECKING:
-    import keras
-
     from extractor.weights import Weights
 
-ARCHS = ("caffe", "torchvision")
-INPUT_SIZE = {"caffe": 227, "torchvision": 224}
-# Per-channel RGB training mean of the caffe-layout weights (0..255), from their 256 x 256 mean image.
-CAFFE_MEAN_RGB = (122.226, 116.209, 103.565)
-TORCH_MEAN = (0.485, 0.456, 0.406)
-TORCH_STD = (0.229, 0.224, 0.225)
-POOLINGS = (None, "avg", "max")
+__all__ = ["AlexNet", "preprocess_input", "LocalResponseNormalization", "Preprocess", "GeneralizedMeanPooling",
+           "ARCHS", "INPUT_SIZE", "CONV_LAYERS", "FC_LAYERS", "POOL5_SHAPE", "flops_per_image"]
 
 
-@dataclass(frozen=True)
-class ConvSpec:
-    """One convolution of the feature extractor."""
+@keras.saving.register_keras_serializable(package="alexfeat")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Cross-channel LRN: ``x / (bias + alpha * sum_{|c'-c|<=r} x_{c'}^2) ** beta`` (alpha not divided by n)."""
 
-    name: str
-    filters: int
-    kernel: int
-    stride: int
-    pad: int
-    groups: int
-    pool: bool  # followed by max-pool 3/2
-    lrn: bool  # followed by LRN (after the pool)
+    def __init__(self, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4, beta: float = 0.75,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
+    def call(self, x: Any) -> Any:
+        return tf.nn.local_response_normalization(
+            x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta)
 
-CONVS: dict[str, tuple[ConvSpec, ...]] = {
-    "caffe": (
-        ConvSpec("conv1", 96, 11, 4, 0, 1, True, True),
-        ConvSpec("conv2", 256, 5, 1, 2, 2, True, True),
-        ConvSpec("conv3", 384, 3, 1, 1, 1, False, False),
-        ConvSpec("conv4", 384, 3, 1, 1, 2, False, False),
-        ConvSpec("conv5", 256, 3, 1, 1, 2, True, False),
-    ),
-    "torchvision": (
-        ConvSpec("conv1", 64, 11, 4, 2, 1, True, False),
-        ConvSpec("conv2", 192, 5, 1, 2, 1, True, False),
-        ConvSpec("conv3", 384, 3, 1, 1, 1, False, False),
-        ConvSpec("conv4", 256, 3, 1, 1, 1, False, False),
-        ConvSpec("conv5", 256, 3, 1, 1, 1, True, False),
-    ),
-}
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-FC_LAYERS = ("fc6", "fc7", "predictions")
-POOL5_SHAPE = (6, 6, 256)
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias,
+                "alpha": self.alpha, "beta": self.beta}
 
 
-def _keras() -> Any:
-    import keras
+@keras.saving.register_keras_serializable(package="alexfeat")
+class Preprocess(keras.layers.Layer):
+    """:func:`preprocess_input` as a layer (RGB 0..255 of any dtype in), for end-to-end models."""
 
-    return keras
+    def __init__(self, arch: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.arch = check_arch(arch)
+        offset, scale = _affine(self.arch)
+        self._offset = tf.constant(offset)
+        self._scale = tf.constant(scale)
 
+    def call(self, x: Any) -> Any:
+        return (tf.cast(x, tf.float32) - self._offset) * self._scale
 
-def _register(cls: type) -> type:
-    return _keras().saving.register_keras_serializable(package="alexfeat")(cls)
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
 
-
-def _layers() -> Any:
-    """Custom layers, defined on first use so importing this module does not import TensorFlow."""
-    global _LAYERS
-    if _LAYERS is None:
-        _LAYERS = _define_layers()
-    return _LAYERS
-
-
-_LAYERS: Any = None
-
-
-def _define_layers() -> Any:
-    import tensorflow as tf
-
-    keras = _keras()
-
-    @_register
-    class LocalResponseNormalization(keras.layers.Layer):
-        """Cross-channel LRN: ``x / (bias + alpha * sum_{|c'-c|<=r} x_{c'}^2) ** beta`` (alpha not divided by n)."""
-
-        def __init__(self, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4, beta: float = 0.75,
-                     **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
-
-        def call(self, x: Any) -> Any:
-            return tf.nn.local_response_normalization(
-                x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta)
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias,
-                    "alpha": self.alpha, "beta": self.beta}
-
-    @_register
-    class Preprocess(keras.layers.Layer):
-        """:func:`preprocess_input` as a layer (RGB 0..255 in), for end-to-end exported models."""
-
-        def __init__(self, arch: str, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.arch = _check_arch(arch)
-            offset, scale = _affine(self.arch)
-            self._offset = tf.constant(offset, tf.float32)
-            self._scale = tf.constant(scale, tf.float32)
-
-        def call(self, x: Any) -> Any:
-            return (tf.cast(x, tf.float32) - self._offset) * self._scale
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "arch": self.arch}
-
-    class Namespace:
-        pass
-
-    ns = Namespace()
-    ns.LocalResponseNormalization = LocalResponseNormalization
-    ns.Preprocess = Preprocess
-    return ns
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "arch": self.arch}
 
 
-def __getattr__(name: str) -> Any:
-    """Expose the custom layer classes (``extractor.model.LocalResponseNormalization``) lazily."""
-    if name in ("LocalResponseNormalization", "Preprocess"):
-        return getattr(_layers(), name)
-    raise AttributeError(name)
+@keras.saving.register_keras_serializable(package="alexfeat")
+class GeneralizedMeanPooling(keras.layers.Layer):
+    """GeM pooling over H and W: ``mean(x ** p) ** (1 / p)`` of non-negative (post-ReLU) maps."""
 
+    def __init__(self, p: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.p = float(p)
 
-def _check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
-    return arch
+    def call(self, x: Any) -> Any:
+        return tf.pow(tf.reduce_mean(tf.pow(tf.maximum(x, 1e-6), self.p), axis=[1, 2]), 1.0 / self.p)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "p": self.p}
 
 
 def _affine(arch: str) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +103,7 @@ def preprocess_input(x: Any, arch: str) -> np.ndarray:
     ``caffe`` subtracts the per-channel training mean; ``torchvision`` maps to [0, 1] and then normalises
     with the ImageNet mean and standard deviation. Returns float32.
     """
-    offset, scale = _affine(_check_arch(arch))
+    offset, scale = _affine(check_arch(arch))
     return (np.asarray(x, dtype=np.float32) - offset) * scale
 
 
@@ -199,12 +136,12 @@ def AlexNet(  # noqa: N802  (keras.applications naming)
     """
     from extractor.weights import resolve_weights
 
-    keras = _keras()
+
     resolved = weights if (weights is None or not isinstance(weights, str)) else resolve_weights(weights, arch)
     if resolved is None:
-        arch = _check_arch(arch or "torchvision")
+        arch = check_arch(arch or "torchvision")
     else:
-        arch = _resolve_arch(arch, resolved)
+        arch = resolved.check_arch(arch)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     size = INPUT_SIZE[arch]
@@ -237,29 +174,19 @@ def AlexNet(  # noqa: N802  (keras.applications naming)
     return model
 
 
-def _resolve_arch(requested: str | None, weights: Weights) -> str:
-    if requested is not None:
-        _check_arch(requested)
-        if requested != weights.arch:
-            raise WeightsError(
-                f"weights {weights.source!r} are for the {weights.arch!r} architecture, not {requested!r}: "
-                f"drop the architecture option or pass arch={weights.arch!r}")
-    return weights.arch
-
-
 def _initializers(seeded: bool, index: int) -> dict[str, Any]:
     """He-normal kernels with a fixed seed per layer for ``weights='random'``, Keras defaults otherwise."""
     if not seeded:
         return {}
-    keras = _keras()
+
     return {"kernel_initializer": keras.initializers.HeNormal(seed=1000 + index),
             "bias_initializer": "zeros"}
 
 
 def _features(x: Any, arch: str, seeded: bool) -> Any:
     """conv1-conv5 with their ReLU, pools and LRN: NHWC in, pool5 maps (N, 6, 6, 256) out at the native size."""
-    keras = _keras()
-    lrn = _layers().LocalResponseNormalization
+
+
     for i, spec in enumerate(CONVS[arch]):
         block = spec.name[-1]
         padding = "valid"
@@ -273,13 +200,13 @@ def _features(x: Any, arch: str, seeded: bool) -> Any:
         if spec.pool:
             x = keras.layers.MaxPooling2D(3, 2, name=f"pool{block}")(x)
         if spec.lrn:
-            x = lrn(name=f"norm{block}")(x)
+            x = LocalResponseNormalization(name=f"norm{block}")(x)
     return x
 
 
 def _classifier(x: Any, classes: int, activation: str | None, seeded: bool) -> Any:
     """fc6 and fc7 (4096, ReLU, dropout before each, as torchvision) and the classifier."""
-    keras = _keras()
+
     # Torch flattens pool5 as (C, H, W); the weight converter permutes fc6 so that Keras's (H, W, C) order
     # gives the same outputs.
     x = keras.layers.Flatten(name="flatten")(x)
@@ -288,16 +215,3 @@ def _classifier(x: Any, classes: int, activation: str | None, seeded: bool) -> A
         x = keras.layers.Dense(4096, activation="relu", name=name, **_initializers(seeded, 10 + i))(x)
     return keras.layers.Dense(classes, activation=activation, name="predictions",
                               **_initializers(seeded, 12))(x)
-
-
-def flops_per_image(arch: str) -> float:
-    """Floating-point operations (2 x multiply-adds) of conv1-conv5 for one image at the native input size."""
-    size = INPUT_SIZE[_check_arch(arch)]
-    channels, total = 3, 0.0
-    for spec in CONVS[arch]:
-        size = (size + 2 * spec.pad - spec.kernel) // spec.stride + 1
-        total += 2.0 * size * size * spec.filters * spec.kernel * spec.kernel * channels / spec.groups
-        channels = spec.filters
-        if spec.pool:
-            size = (size - 3) // 2 + 1
-    return total

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import WeightsError
-from extractor.model import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, POOL5_SHAPE
+from extractor.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, POOL5_SHAPE, check_arch
 
 if TYPE_CHECKING:
     import keras
@@ -54,6 +54,14 @@ class Weights:
     def param_count(self) -> int:
         return int(sum(k.size + b.size for k, b in self.tensors.values()))
 
+    def check_arch(self, requested: str | None) -> str:
+        """The architecture to build: ``requested`` if given and it matches these weights, else theirs."""
+        if requested is not None and check_arch(requested) != self.arch:
+            raise WeightsError(
+                f"weights {self.source!r} are for the {self.arch!r} architecture, not {requested!r}: "
+                f"drop the architecture option or ask for {self.arch!r}")
+        return self.arch
+
     def load_into(self, model: keras.Model) -> None:
         """Set every layer of ``model`` that these weights cover; a shape mismatch is a WeightsError."""
         for layer in model.layers:
@@ -84,10 +92,7 @@ def resolve_weights(source: str | os.PathLike[str], arch: str | None = None) -> 
     """Turn a weights source into :class:`Weights`; ``arch`` is only used (and checked) for ``"random"``."""
     text = os.fspath(source)
     if text == RANDOM:
-        arch = arch or "torchvision"
-        if arch not in ARCHS:
-            raise WeightsError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
-        return Weights(arch, {}, RANDOM, RANDOM)
+        return Weights(check_arch(arch or "torchvision"), {}, RANDOM, RANDOM)
     if text == "imagenet":
         return _imagenet()
     path = Path(text).expanduser()

@@ -1,0 +1,80 @@
+"""Benchmark AlexNet inference on this machine against its own matrix-multiply speed.
+
+Measures, in one run: numpy/OpenBLAS sgemm GFLOP/s (2048^3 float32, all cores), the bound it implies in
+images/s (sgemm GFLOP/s / conv GFLOP per image), and images/s at batch 1, 16 and 64 for ``model.predict`` and
+for the compiled path the embed job uses (:class:`extractor.features.FeatureExtractor`). Speed does not
+depend on the weights, so random weights are used. Medians over repeats; ratios to the bound.
+
+    python scripts/bench_model.py [--arch torchvision caffe] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median GFLOP/s of an n x n x n float32 matrix product through numpy's BLAS."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def images_per_second(fn, batch: np.ndarray, repeats: int, min_images: int = 64) -> float:
+    """Median images/s of ``fn(batch)`` (each repeat runs at least ``min_images`` images)."""
+    fn(batch)  # warm-up / tracing
+    calls = max(1, min_images // len(batch))
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(batch)
+        rates.append(calls * len(batch) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["torchvision", "caffe"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    from extractor.archs import flops_per_image
+    from extractor.features import FeatureExtractor
+
+    gflops = sgemm_gflops()
+    print(f"sgemm 2048^3 float32: {gflops:.1f} GFLOP/s on {os.cpu_count()} cores")
+    print(f"{'arch':<12} {'GFLOP/img':>9} {'bound':>7} {'batch':>5} {'predict':>9} {'compiled':>9} "
+          f"{'predict/bound':>13} {'compiled/bound':>14}")
+    for arch in args.arch:
+        extractor = FeatureExtractor("random", arch=arch)
+        model = extractor.model  # uint8 in; predict on the same graph for a like-for-like comparison
+        per_image = flops_per_image(arch) / 1e9
+        bound = gflops / per_image
+        rng = np.random.default_rng(0)
+        size = extractor.spec.input_size
+        for batch_size in args.batches:
+            batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+            predict = images_per_second(lambda b: model.predict(b, verbose=0, batch_size=len(b)), batch,
+                                        args.repeats)
+            compiled = images_per_second(extractor, batch, args.repeats)
+            print(f"{arch:<12} {per_image:>9.3f} {bound:>7.1f} {batch_size:>5} {predict:>9.1f} {compiled:>9.1f} "
+                  f"{predict / bound:>13.2f} {compiled / bound:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()
