@@ -6,11 +6,11 @@ Pillow mode into RGB and resizes with Pillow's bilinear filter as the reference 
 ``DecodeError`` whose ``kind`` names the error class (the ``error`` column of ``_errors.parquet``).
 
 Pillow's own decompression-bomb guard is a process-wide limit (``Image.MAX_IMAGE_PIXELS``) that warns above it and
-raises above twice it. Since this module enforces ``max_pixels`` itself, it adjusts that guard in two documented,
-process-wide ways: at import it silences ``DecompressionBombWarning`` (only images that ``decode_image`` refuses
-anyway can trigger it), and ``decode_image`` raises (never lowers) ``Image.MAX_IMAGE_PIXELS`` to ``max_pixels``
-when a caller allows more than Pillow's default, so that Pillow's secondary checks (TIFF tiles, GIF frames) stay
-active at the caller's limit. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set: a truncated file is an error.
+raises above twice it. Since this module enforces ``max_pixels`` itself, ``decode_image`` adjusts that guard in two
+documented, process-wide ways: it adds a warnings filter that ignores ``DecompressionBombWarning`` (only images that
+``decode_image`` refuses anyway can trigger it), and it raises (never lowers) ``Image.MAX_IMAGE_PIXELS`` to
+``max_pixels`` when a caller allows more than Pillow's default, so that Pillow's secondary checks (TIFF tiles, GIF
+frames) stay active at the caller's limit. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set: a truncated file is an error.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ _TRANSPOSE = {
 }
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_IGNORE_BOMB_WARNING = ("ignore", None, Image.DecompressionBombWarning, None, 0)  # a warnings.filters entry
 
 
 @functools.cache
@@ -179,7 +179,7 @@ def decode_image(
     Raises ``DecodeError`` for anything that cannot give trustworthy pixels: ``empty``, ``not_an_image``,
     ``truncated``, ``corrupt``, ``too_large``, ``unreadable`` (missing or unreadable file) or ``unsupported``.
     """
-    _allow_in_pillow(max_pixels)
+    _adjust_pillow_guard(max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise DecodeError("empty", "the file is empty (0 bytes)")
@@ -197,6 +197,7 @@ def decode_image(
 
 def read_size(source: str | os.PathLike[str] | bytes) -> tuple[int, int]:
     """(width, height) of an image after EXIF orientation, from its header where the format allows."""
+    _adjust_pillow_guard(DEFAULT_MAX_PIXELS)
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     try:
         with Image.open(fp, formats=_formats()) as img:
@@ -275,11 +276,15 @@ def _over_white(img: Image.Image, base_mode: str) -> Image.Image:
     return background
 
 
-def _allow_in_pillow(max_pixels: int) -> None:
-    """Raise Pillow's process-wide bomb limit to ``max_pixels`` if it is lower (never lower it)."""
+def _adjust_pillow_guard(max_pixels: int) -> None:
+    """Raise Pillow's process-wide bomb limit to ``max_pixels`` if it is lower (never lower it), and make sure
+    ``DecompressionBombWarning`` is ignored (checked per call, as ``warnings.catch_warnings`` blocks that were
+    open when this module was imported drop filters added then)."""
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and max_pixels > limit:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    if _IGNORE_BOMB_WARNING not in warnings.filters:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _too_large(what: str, max_pixels: int | None) -> DecodeError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,10 @@ def test_squash_center_crop_matches_plain_pil_bilinear(tmp_path: Path) -> None:
     assert diff.max() <= 1 and diff.mean() < 0.01
 
 
-@pytest.mark.parametrize(("size", "resized", "box"), [((500, 375), (341, 256), (58, 16, 282, 240)),
-                                                      ((375, 500), (256, 341), (16, 58, 240, 282))])
+@pytest.mark.parametrize(
+    ("size", "resized", "box"),
+    [((500, 375), (341, 256), (58, 16, 282, 240)), ((375, 500), (256, 341), (16, 58, 240, 282))],
+)
 def test_shorter_side_then_center_crop_matches_torchvision_rule(
     tmp_path: Path, size: tuple[int, int], resized: tuple[int, int], box: tuple[int, int, int, int]
 ) -> None:
@@ -106,38 +109,39 @@ def test_jpeg_named_png_decodes_by_content(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def large_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return files.make_photo(tmp_path_factory.mktemp("large") / "large.jpg", (2000, 1500), quality=90)
+    return files.make_large_photo(tmp_path_factory.mktemp("large") / "large.jpg", (2800, 2100))
 
 
 def test_large_jpeg_reports_original_size_and_stays_close_to_full_decode(large_jpeg: Path) -> None:
     got = decode_image(large_jpeg, CAFFE)
-    assert (got.width, got.height) == (2000, 1500)
-    # draft decodes at 1/4 scale (500x375) before the bilinear resize: nearly the full-resolution result.
+    assert (got.width, got.height) == (2800, 2100)
+    # draft decodes at 1/8 scale (350x263) before the bilinear resize: nearly the full-resolution result.
     assert _diff(got.pixels, _reference(large_jpeg, (256, 256), (14, 14, 241, 241))).mean() < 2.0
 
 
 def test_large_jpeg_decodes_faster_than_a_full_decode(large_jpeg: Path) -> None:
-    def best_of_3(fn) -> float:  # noqa: ANN001
+    def best_of_3(fn: Callable[[], object]) -> float:
         times = []
         for _ in range(3):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time: steadier than wall time on a busy machine
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
         return min(times)
 
     def full_load() -> None:
         with Image.open(large_jpeg) as img:
             img.load()
 
-    # At 1/4 scale the whole decode (resize included) takes about a third of merely loading every pixel.
-    assert best_of_3(lambda: decode_image(large_jpeg, CAFFE)) < 0.7 * best_of_3(full_load)
+    # Without draft the whole decode would cost more than loading every pixel (that, then a large resize); at 1/8
+    # scale it costs about half of it (the entropy decoding remains).
+    assert best_of_3(lambda: decode_image(large_jpeg, CAFFE)) < 0.8 * best_of_3(full_load)
 
 
 # ---- EXIF orientation
 
 
 @pytest.mark.parametrize("orientation", [6, 8])
-@pytest.mark.parametrize("size", [(500, 375), (1200, 900)])  # the second one also goes through draft
+@pytest.mark.parametrize("size", [(500, 375), (800, 600)])  # the second one also goes through draft (1/2)
 def test_sideways_photo_with_orientation_tag_decodes_like_the_upright_one(
     tmp_path: Path, orientation: int, size: tuple[int, int]
 ) -> None:
@@ -233,7 +237,9 @@ def test_32_bit_integer_tiff_is_scaled_by_its_maximum_when_over_255(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("peak", "expected"), [(1.0, lambda r: r * 255), (300.0, lambda r: np.minimum(r, 255))])
-def test_float_tiff_is_taken_as_0_1_or_clipped_0_255(tmp_path: Path, peak: float, expected) -> None:  # noqa: ANN001
+def test_float_tiff_is_taken_as_0_1_or_clipped_0_255(
+    tmp_path: Path, peak: float, expected: Callable[[np.ndarray], np.ndarray]
+) -> None:
     path = files.make_tiff_f(tmp_path / "float.tif", peak)
     with Image.open(path) as img:
         assert img.mode == "F"

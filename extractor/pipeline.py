@@ -1,0 +1,245 @@
+"""The embed job: discover → plan → decode → infer → write, each stage a small piece joined by bounded queues.
+
+- :func:`extractor.discover.discover` lists the image files;
+- :func:`extractor.resume.plan_resume` decides which are new or changed;
+- :class:`FileDecoder` reads a file once, hashes it and decodes it (runs in a thread pool: Pillow and hashlib
+  release the GIL, so decoding overlaps inference);
+- :class:`extractor.features.FeatureExtractor` embeds batches in one compiled TensorFlow graph;
+- :class:`extractor.store.DatasetWriter` appends atomic Parquet parts and records per-file errors.
+
+The pieces are plain callables on plain data, so they also fit a distributed engine's ``map_batches``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from extractor import __version__
+from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
+from extractor.discover import FileEntry, discover, label_of
+from extractor.features import FeatureExtractor
+from extractor.progress import Progress
+from extractor.resume import ResumePlan, plan_resume
+from extractor.store import (EmbeddingMeta, ErrorRecord, list_parts, load_dataset, open_for_writing,
+                             path_ids, read_errors)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Decoded:
+    """A file decoded to the network's input, with what the dataset records about it."""
+
+    entry: FileEntry
+    pixels: np.ndarray
+    width: int
+    height: int
+    sha256: bytes
+    seconds: float
+
+
+@dataclass
+class Failed:
+    """A file that could not be decoded."""
+
+    entry: FileEntry
+    error: str
+    message: str
+    seconds: float
+
+
+class FileDecoder:
+    """Read a file once, hash its bytes, decode them to RGB uint8 at the input size."""
+
+    def __init__(self, resize: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.resize = resize
+        self.max_pixels = max_pixels
+
+    def __call__(self, entry: FileEntry) -> Decoded | Failed:
+        start = time.perf_counter()
+        try:
+            with open(entry.abs_path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return Failed(entry, "unreadable", f"cannot read file: {exc.strerror or exc}", time.perf_counter() - start)
+        try:
+            image = decode_image(data, self.resize, self.max_pixels)
+        except DecodeError as exc:
+            return Failed(entry, exc.kind, str(exc), time.perf_counter() - start)
+        digest = hashlib.sha256(data).digest()
+        return Decoded(entry, image.pixels, image.width, image.height, digest, time.perf_counter() - start)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int) -> Iterator[R]:
+    """``map(fn, items)`` on a thread pool, in order, with at most ``in_flight`` items submitted ahead."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did, and where its time went."""
+
+    embedded: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    skipped_errors: int = 0
+    dropped: int = 0
+    discovered: int = 0
+    wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("discover", "plan", "decode", "infer", "write"), 0.0))
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stage_seconds.items())
+        return [
+            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
+            + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
+            + (f", rows dropped {self.dropped}" if self.dropped else ""),
+            f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
+            "(decode is summed over workers)",
+        ]
+
+
+@dataclass
+class EmbedJob:
+    """One ``alexfeat embed`` run over ``images_dir`` into the dataset ``out_dir``."""
+
+    images_dir: str
+    out_dir: str
+    extractor: FeatureExtractor
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    rows_per_part: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    prune: bool = False
+    overwrite: bool = False
+    progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
+
+    def metadata(self) -> EmbeddingMeta:
+        return EmbeddingMeta(**self.extractor.spec.as_dict(), root=os.path.abspath(self.images_dir),
+                             package_version=__version__)
+
+    def run(self) -> EmbedSummary:
+        summary = EmbedSummary()
+        start = time.perf_counter()
+        timer = _StageTimer(summary.stage_seconds)
+        with open_for_writing(self.out_dir, self.metadata(), overwrite=self.overwrite,
+                              rows_per_part=self.rows_per_part) as writer:
+            with timer("discover"):
+                entries = list(discover(self.images_dir))
+            summary.discovered = len(entries)
+            with timer("plan"):
+                plan = self._plan(entries)
+            summary.unchanged, summary.skipped_errors = plan.unchanged, plan.skipped_errors
+            with timer("write"):
+                summary.dropped = writer.drop_ids(plan.drop_ids) if plan.drop_ids else 0
+                if plan.stats_updates:
+                    writer.update_file_stats(plan.stats_updates)
+                if plan.vanished_error_paths:
+                    writer.drop_errors(plan.vanished_error_paths)
+            self._embed(plan.to_embed, writer, summary, timer)
+            with timer("write"):
+                writer.flush()
+        summary.wall_seconds = time.perf_counter() - start
+        return summary
+
+    def _plan(self, entries: list[FileEntry]) -> ResumePlan:
+        existing = None
+        if list_parts(self.out_dir) and not self.overwrite:
+            existing = load_dataset(self.out_dir, columns=("id", "path", "sha256", "size", "mtime_ns"),
+                                    embeddings=False)
+        errors = read_errors(self.out_dir) if not self.overwrite else None
+        return plan_resume(entries, existing, prune=self.prune, errors=errors)
+
+    def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer) -> None:
+        decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
+        in_flight = max(2 * self.batch_size, 4 * self.workers)
+        results = ordered_map(decoder, todo, self.workers, in_flight)
+        with Progress(len(todo), "embed", enabled=self.progress) as progress:
+            for batch in batched(results, self.batch_size):
+                good = [r for r in batch if isinstance(r, Decoded)]
+                bad = [r for r in batch if isinstance(r, Failed)]
+                summary.stage_seconds["decode"] += sum(r.seconds for r in batch)
+                with timer("infer"):
+                    vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
+                with timer("write"):
+                    if good:
+                        writer.add(_rows(good, vectors))
+                    if bad:
+                        writer.add_errors(ErrorRecord(r.entry.path, r.error, r.message, r.entry.size,
+                                                      r.entry.mtime_ns) for r in bad)
+                summary.embedded += len(good)
+                summary.errors += len(bad)
+                progress.update(len(batch), errors=summary.errors)
+
+
+def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
+    paths = [r.entry.path for r in decoded]
+    return {
+        "id": path_ids(paths),
+        "path": paths,
+        "label": [label_of(p) for p in paths],
+        "sha256": np.frombuffer(b"".join(r.sha256 for r in decoded), np.uint8).reshape(-1, 32),
+        "size": np.array([r.entry.size for r in decoded], np.int64),
+        "mtime_ns": np.array([r.entry.mtime_ns for r in decoded], np.int64),
+        "width": np.array([r.width for r in decoded], np.int32),
+        "height": np.array([r.height for r in decoded], np.int32),
+        "embedding": vectors,
+    }
+
+
+class _StageTimer:
+    """``with timer("stage"):`` adds the block's wall time to ``seconds["stage"]``."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+        self._stage = ""
+        self._start = 0.0
+
+    def __call__(self, stage: str) -> _StageTimer:
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self._stage] += time.perf_counter() - self._start
+
