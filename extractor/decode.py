@@ -10,7 +10,8 @@ raises above twice it. Since this module enforces ``max_pixels`` itself, ``decod
 documented, process-wide ways: it adds a warnings filter that ignores ``DecompressionBombWarning`` (only images that
 ``decode_image`` refuses anyway can trigger it), and it raises (never lowers) ``Image.MAX_IMAGE_PIXELS`` to
 ``max_pixels`` when a caller allows more than Pillow's default, so that Pillow's secondary checks (TIFF tiles, GIF
-frames) stay active at the caller's limit. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set: a truncated file is an error.
+frames) stay active at the caller's limit. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set: a truncated file is
+an error, never a partial decode.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class ResizeSpec:
     def __post_init__(self) -> None:
         if self.mode not in ("squash", "shorter"):
             raise AlexfeatError(f"unknown resize mode {self.mode!r}; use {_SPEC_FORMS}")
-        if self.size < 1 or (self.crop is not None and not 1 <= self.crop <= self.size):
+        if self.size < 1:
+            raise AlexfeatError(f"resize {self}: the size must be at least 1; use {_SPEC_FORMS}")
+        if self.crop is not None and not 1 <= self.crop <= self.size:
             raise AlexfeatError(f"resize {self}: the crop must be between 1 and the resize size; use {_SPEC_FORMS}")
         if self.mode == "shorter" and self.crop is None:
             raise AlexfeatError(f"resize {self}: 'shorter' needs a centre crop to give a square; use {_SPEC_FORMS}")

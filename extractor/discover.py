@@ -29,13 +29,14 @@ OnError = Callable[[str, OSError], None]
 
 
 def discover(root: str | os.PathLike[str], on_error: OnError | None = None) -> Iterator[FileEntry]:
-    """Yield the image files under ``root``, sorted by relative path (code-point order), lazily.
+    """The image files under ``root`` as a lazy iterator, sorted by relative path (code-point order).
 
     Symbolic links to files and folders are followed; each real folder is walked once (tracked by device and
     inode), so a link back to an ancestor never loops and a folder reachable twice is listed once, under the path
     met first in sorted order. Names starting with '.' are skipped; so are broken links and anything that is not a
     regular file. Size and mtime are those of the link target. A sub-folder that cannot be listed or a file that
-    cannot be stat'ed is skipped and passed to ``on_error(relative_path, exception)`` when given.
+    cannot be stat'ed is skipped and passed to ``on_error(relative_path, exception)`` when given. A missing or
+    unreadable root raises ``AlexfeatError`` at once, before iteration starts.
     """
     root_abs = os.path.abspath(os.fspath(root))
     if not os.path.exists(root_abs):
@@ -47,8 +48,13 @@ def discover(root: str | os.PathLike[str], on_error: OnError | None = None) -> I
         root_children = _list_dir(root_abs, "")
     except OSError as exc:
         raise AlexfeatError(f"cannot read image folder {os.fspath(root)!r}: {exc.strerror or exc}") from exc
+    return _walk(root_children, {(root_stat.st_dev, root_stat.st_ino)}, on_error)
 
-    visited = {(root_stat.st_dev, root_stat.st_ino)}
+
+def _walk(
+    root_children: list[tuple[str, str, bool]], visited: set[tuple[int, int]], on_error: OnError | None
+) -> Iterator[FileEntry]:
+    """Depth-first walk below the root's listed children, skipping real folders already in ``visited``."""
     # A stack of (relative path, absolute path, is_dir), pushed in reverse order so items pop in sorted order.
     stack = root_children[::-1]
     while stack:

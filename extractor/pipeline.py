@@ -28,9 +28,8 @@ from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode
 from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
 from extractor.progress import Progress
-from extractor.resume import ResumePlan, plan_resume
-from extractor.store import (EmbeddingMeta, ErrorRecord, list_parts, load_dataset, open_for_writing,
-                             path_ids, read_errors)
+from extractor.resume import ResumePlan, apply_plan, load_existing, plan_resume
+from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, path_ids, read_errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,12 +167,9 @@ class EmbedJob:
             with timer("plan"):
                 plan = self._plan(entries)
             summary.unchanged, summary.skipped_errors = plan.unchanged, plan.skipped_errors
+            summary.dropped = len(plan.drop_ids)
             with timer("write"):
-                summary.dropped = writer.drop_ids(plan.drop_ids) if plan.drop_ids else 0
-                if plan.stats_updates:
-                    writer.update_file_stats(plan.stats_updates)
-                if plan.vanished_error_paths:
-                    writer.drop_errors(plan.vanished_error_paths)
+                apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
             self._embed(plan.to_embed, writer, summary, timer)
             with timer("write"):
                 writer.flush()
@@ -181,12 +177,8 @@ class EmbedJob:
         return summary
 
     def _plan(self, entries: list[FileEntry]) -> ResumePlan:
-        existing = None
-        if list_parts(self.out_dir) and not self.overwrite:
-            existing = load_dataset(self.out_dir, columns=("id", "path", "sha256", "size", "mtime_ns"),
-                                    embeddings=False)
-        errors = read_errors(self.out_dir) if not self.overwrite else None
-        return plan_resume(entries, existing, prune=self.prune, errors=errors)
+        """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
+        return plan_resume(entries, load_existing(self.out_dir), prune=self.prune, errors=read_errors(self.out_dir))
 
     def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer) -> None:
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)

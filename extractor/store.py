@@ -23,10 +23,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -417,9 +418,14 @@ def read_errors(directory: str | os.PathLike[str]) -> pa.Table:
 # ------------------------------------------------------------------------------------------------- writer
 
 
-def _is_ours_or_hidden(name: str) -> bool:
-    """Entries a dataset directory may hold: parts, and hidden or ``_`` names (which Parquet readers skip)."""
-    return bool(_PART_RE.match(name)) or name.startswith((".", "_"))
+def _refuse_foreign(directory: Path) -> None:
+    """DatasetError unless ``directory`` holds only parts and hidden or ``_`` names (which Parquet readers skip)."""
+    foreign = sorted(name for name in os.listdir(directory)
+                     if not (_PART_RE.match(name) or name.startswith((".", "_"))))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DatasetError(f"{directory} is not empty and is not an alexfeat embeddings directory (it holds "
+                           f"{shown}); choose a new or empty output directory")
 
 
 def _column_array(name: str, value: Any, field: pa.Field) -> pa.Array | pa.ChunkedArray:
@@ -470,13 +476,14 @@ class DatasetWriter:
         self._errors: dict[str, ErrorRecord] = {}
         self._error_ids: dict[int, str] = {}
         self._errors_dirty = False
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise DatasetError(f"output {self.out_dir} exists and is not a directory; choose a directory")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatasetError(f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a "
                                "writable directory") from exc
-        if not self.out_dir.is_dir():
-            raise DatasetError(f"output {self.out_dir} exists and is not a directory")
+        _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
         self._lock: _Lock | None = _Lock(self.out_dir)
         try:
             self._open(overwrite)
@@ -488,13 +495,7 @@ class DatasetWriter:
     # -- opening
 
     def _open(self, overwrite: bool) -> None:
-        names = sorted(os.listdir(self.out_dir))
-        foreign = [name for name in names if not _is_ours_or_hidden(name)]
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise DatasetError(f"{self.out_dir} is not empty and is not an alexfeat embeddings directory (it holds "
-                               f"{shown}); choose a new or empty output directory")
-        for name in names:
+        for name in os.listdir(self.out_dir):
             if _TMP_RE.match(name) or (overwrite and (_PART_RE.match(name) or name == ERRORS_NAME)):
                 (self.out_dir / name).unlink()  # .tmp files are from killed jobs: never complete
         parts = list_parts(self.out_dir)
@@ -514,11 +515,6 @@ class DatasetWriter:
         self._errors_dirty = self._forget_embedded_errors(self._known) > 0
 
     # -- public API
-
-    @property
-    def ids(self) -> np.ndarray:
-        """Sorted ids of the rows written so far (on disk, not counting the buffer)."""
-        return self._known
 
     def add(self, rows: pa.Table | Mapping[str, Any]) -> None:
         """Append rows: a Table or a dict of the schema's columns (``id`` optional: it is derived from ``path``).
@@ -632,8 +628,7 @@ class DatasetWriter:
         if unknown or missing:
             raise ValueError(f"rows must have the columns {COLUMNS[1:]} (id optional); "
                              f"missing {missing}, unknown {unknown}")
-        paths = pa.array(columns["path"], type=pa.string()) if not isinstance(
-            columns["path"], (pa.Array, pa.ChunkedArray)) else columns["path"].cast(pa.string())
+        paths = _column_array("path", columns["path"], self.schema.field("path"))
         path_list = paths.to_pylist()
         ids = path_ids(path_list)
         if "id" in columns and not np.array_equal(np.asarray(columns["id"], dtype=np.int64), ids):
