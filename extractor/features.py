@@ -59,7 +59,7 @@ class FeatureExtractor:
     """Frozen AlexNet + pooling + L2 normalisation, compiled once, applied to uint8 RGB batches."""
 
     def __init__(self, weights: str | Weights = "imagenet", arch: str | None = None, layer: str = "pool5",
-                 pooling: str = "avg", resize: str | None = None) -> None:
+                 pooling: str = "gem", resize: str | None = None) -> None:
         from extractor.decode import ResizeSpec
 
         self.weights = resolve_weights(weights, arch) if isinstance(weights, str) else weights

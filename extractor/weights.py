@@ -8,7 +8,6 @@ without torch), a caffe-layout ``.npz``, a ``.weights.h5`` written by this proje
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import WeightsError
+from extractor.hashing import file_sha256
 from extractor.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, POOL5_SHAPE, check_arch
 
 if TYPE_CHECKING:
@@ -79,15 +79,6 @@ def default_source() -> str:
     return os.environ.get(ENV_VAR) or "imagenet"
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_weights(source: str | os.PathLike[str], arch: str | None = None) -> Weights:
     """Turn a weights source into :class:`Weights`; ``arch`` is only used (and checked) for ``"random"``."""
     text = os.fspath(source)
@@ -111,7 +102,7 @@ def _load_file(path: str, size: int, mtime_ns: int) -> Weights:
     if name.endswith(".h5"):
         return read_h5(path)
     if name.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        return from_torch(path, source=path, sha256=file_sha256(path))
+        return from_torch(path, source=path, sha256=file_sha256(path).hex())
     raise WeightsError(f"weights {path!r}: unknown file type; expected {CHOICES}")
 
 
@@ -192,7 +183,7 @@ def _from_npz(path: str) -> Weights:
     except Exception as exc:  # zipfile/ValueError/OSError on damaged files
         raise WeightsError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc}); the file may be truncated") from None
     arch, tensors = _convert(raw, NPZ_KEYS, "_", path)
-    return Weights(arch, tensors, path, file_sha256(path))
+    return Weights(arch, tensors, path, file_sha256(path).hex())
 
 
 def write_h5(weights: Weights, target: str | Path) -> None:
@@ -247,7 +238,7 @@ def _imagenet() -> Weights:
         raise WeightsError(
             f"could not download the ImageNet weights from {IMAGENET_URL} ({type(exc).__name__}: {exc}). "
             f"Without internet, pass a local weights file instead: {CHOICES}.") from None
-    digest = file_sha256(pth)
+    digest = file_sha256(pth).hex()
     if not digest.startswith(IMAGENET_SHA256_PREFIX):
         Path(pth).unlink(missing_ok=True)
         raise WeightsError(f"downloaded {IMAGENET_FILE} has sha256 {digest[:16]}..., which does not start with "

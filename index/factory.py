@@ -3,18 +3,21 @@
 ``auto`` keeps exact search (``Flat``) up to ``EXACT_MAX`` vectors, where a brute-force scan is still fast,
 and uses an inverted file above that. The codec is the most exact one whose memory fits the budget:
 
-=====================================  ======================  ===========================================
-codec                                  bytes per vector        recall@10 measured on clustered 256-d data
-=====================================  ======================  ===========================================
-``Flat``                               4 d                     1.0 (exact distances)
-``SQ8``                                d                       about 0.95-0.98
-``PQ{d/4}x4fs,Refine(SQ4)``            d/8 + d/2 (re-ranked)   about 0.4-0.7: the last resort, with a warning
-=====================================  ======================  ===========================================
+===================  =================  ====================================================================
+codec                bytes per vector   recall@10 measured here (clustered 32-d / 256-d unit vectors)
+===================  =================  ====================================================================
+``Flat``             4 d                1.0: exact distances
+``SQ8``              d                  0.94 / 0.95-0.98
+``SQ6``              3/4 d              0.77 / 0.83-0.93
+``SQ4``              1/2 d              0.38 / 0.48-0.74
+``PQ{d/4}x4fs``      1/8 d              0.09-0.2 / 0.22-0.34: the last resort, with a warning
+===================  =================  ====================================================================
 
-PQ re-ranked on full vectors (``RFlat``) needs more memory than ``Flat`` itself, so it is never the answer to a
-memory budget. An inverted file gets ``nlist`` ≈ 4·√N lists (a power of two), never more than the training sample
-supports: every list gets at least ``MIN_POINTS_PER_LIST`` training points, so FAISS's ``nx >= k`` failure and its
-"please provide at least ..." warning cannot happen.
+Re-ranking PQ candidates does not help a memory budget: on full vectors (``RFlat``) it needs more memory than
+``Flat`` itself, and on scalar-quantised codes (``Refine(SQ8)``/``Refine(SQ4)``) it measured below the same codes
+used alone at the same size. An inverted file gets ``nlist`` ≈ 4·√N lists (a power of two), never more than the
+training sample supports: every list gets at least ``MIN_POINTS_PER_LIST`` training points, so FAISS's
+``nx >= k`` failure and its "please provide at least ..." warning cannot happen.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ EXACT_MAX = 100_000  # up to here a flat (brute-force) scan answers fast enough
 MIN_POINTS_PER_LIST = 39  # FAISS warns below 39 training points per centroid
 TRAIN_POINTS_PER_LIST = 64  # training sample size per IVF list (k-means time grows with it)
 MAX_TRAIN_POINTS = 1 << 18  # sample for codecs trained without k-means (scalar quantisers: value ranges)
+LOSSY_RANK = 2  # codecs from the third on (SQ6, SQ4, PQ) lose much recall: warn
 ID_OVERHEAD_BYTES = 48  # per vector: the id, and the id -> position map used to remove and reconstruct
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _IVF_RE = re.compile(r"(?:^|,)IVF(\d+)")
@@ -100,10 +104,10 @@ def _pq_subquantizers(dim: int, target: int) -> int:
 
 def _codecs(dim: int) -> list[tuple[str, float]]:
     """(codec, bytes per vector) from most to least exact."""
-    codecs = [("Flat", 4.0 * dim), ("SQ8", float(dim))]
+    codecs = [("Flat", 4.0 * dim), ("SQ8", float(dim)), ("SQ6", 0.75 * dim), ("SQ4", 0.5 * dim)]
     m = _pq_subquantizers(dim, dim // 4)
     if m:
-        codecs.append((f"PQ{m}x4fs,Refine(SQ4)", m / 2 + dim / 2))
+        codecs.append((f"PQ{m}x4fs", m / 2))
     return codecs
 
 
@@ -127,7 +131,7 @@ def choose_factory(count: int, dim: int, memory_budget: int | None = None,
         if memory_budget is None or need <= memory_budget:
             factory = "Flat" if codec == "Flat" and not nlist else prefix + codec
             budget = "" if memory_budget is None else f", {_size(need)} within the {_size(memory_budget)} budget"
-            if rank == len(codecs) - 1 and rank > 0:
+            if rank >= LOSSY_RANK:
                 log.warning("memory budget %s forces %s: expect recall@10 well below the target (8-bit codes "
                             "would need %s)", _size(memory_budget), factory,
                             _size(estimate_bytes(count, dim, dim, nlist)))
@@ -150,7 +154,8 @@ def check_factory(factory: str, count: int) -> None:
     for kind, centroids in quantiser_centroids(factory):
         if centroids > count:
             raise IndexDirError(f"--factory {factory!r} needs at least {centroids:,} vectors to train its {kind} "
-                                f"quantiser ({centroids:,} centroids) but the dataset has {count:,}; use {advice[kind]}")
+                                f"quantiser ({centroids:,} centroids) but the dataset has {count:,}; "
+                                f"use {advice[kind]}")
         if centroids * MIN_POINTS_PER_LIST > count:
             log.warning("%s: %d centroids trained on %d vectors (< %d per centroid) may cluster poorly",
                         factory, centroids, count, MIN_POINTS_PER_LIST)

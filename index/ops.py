@@ -7,17 +7,15 @@ them, with a hash-table direct map so vectors can be reconstructed and removed b
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import faiss
 import numpy as np
 
 from extractor.errors import IndexDirError
 from extractor.progress import Progress
-
-log = logging.getLogger(__name__)
 
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 ADD_CHUNK = 65_536
@@ -236,3 +234,13 @@ def faiss_reason(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
     return re.sub(r"^Error in .*? at \S+: ", "", text)[:200]
+
+
+def describe(index: faiss.Index) -> str:
+    """The class chain of an index, e.g. ``IndexIDMap2(IndexHNSWFlat)``."""
+    node = faiss.downcast_index(index)
+    if isinstance(node, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+        return f"{type(node).__name__}({describe(node.index)})"
+    if isinstance(node, faiss.IndexRefine):
+        return f"{type(node).__name__}({describe(node.base_index)}, {describe(node.refine_index)})"
+    return type(node).__name__

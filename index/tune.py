@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import faiss
 import numpy as np
@@ -116,8 +116,8 @@ def tune(index: faiss.Index, probe: RecallProbe, target: float, masked: np.ndarr
         base = {} if k_factor is None else {"k_factor": k_factor}
         if primary is not None:
             start = max(_START[primary], probe.k if primary == "efSearch" else 1)
-            value = _smallest_reaching(lambda v: recall_of({**base, primary: v}), start, knobs[primary], target)
-            base[primary] = value
+            base[primary] = _smallest_reaching(lambda v, fixed=dict(base): recall_of({**fixed, primary: v}), start,
+                                               knobs[primary], target)
         recall, seconds = measure(index, probe, base, masked)
         candidates.append(Tuning(base, recall, seconds, recall >= target))
         if recall >= target and (primary is None or base[primary] <= _START[primary]):

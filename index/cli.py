@@ -1,0 +1,214 @@
+"""``alexfeat index build/add/remove``, ``alexfeat search`` and ``alexfeat dedup``: argument parsing only.
+
+FAISS, the index modules and TensorFlow are imported inside the commands, so ``alexfeat --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from extractor.errors import AlexfeatError
+
+_DIR = click.Path(file_okay=False)
+
+
+def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from index.factory import default_memory_budget, parse_memory_budget
+
+    if value is None:
+        return default_memory_budget()
+    try:
+        return parse_memory_budget(value)
+    except AlexfeatError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group("index")
+def index_group() -> None:
+    """Build and maintain FAISS indexes over embeddings datasets."""
+
+
+@index_group.command()
+@click.argument("emb_dir", type=_DIR)
+@click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
+@click.option("--factory", default="auto", show_default=True, metavar="auto|FACTORY",
+              help="auto, or a FAISS index_factory string such as Flat, IVF1024,Flat, HNSW32, IVF4096,SQ8.")
+@click.option("--memory-budget", default=None, callback=_memory_budget, metavar="SIZE",
+              help="Memory the index may use, e.g. 4G or 512M (auto picks compressed codes to fit). "
+                   "Default: half the machine's memory.")
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def build(emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float,
+          progress: bool | None) -> None:
+    """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
+    from index.build import build_index_dir
+
+    info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    click.echo(f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
+               f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
+               f"built in {info['build_seconds']:.1f} s")
+
+
+def _params(params: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "exact search"
+
+
+@index_group.command()
+@click.argument("index_dir", type=_DIR)
+@click.argument("emb_dir", type=_DIR)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
+    """Add EMB_DIR's new rows to INDEX_DIR and replace rows whose image changed (sha256)."""
+    from index.update import add_to_index
+
+    click.echo(add_to_index(index_dir, emb_dir, progress).line(index_dir))
+
+
+def _read_targets(path: str) -> tuple[list[int], list[str]]:
+    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
+    ids, paths = [], []
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlexfeatError(f"cannot read {path} ({exc})") from None
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.isdigit():
+            ids.append(int(entry))
+        else:
+            paths.append(entry)
+    return ids, paths
+
+
+@index_group.command()
+@click.argument("index_dir", type=_DIR)
+@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
+@click.option("--path", "paths", multiple=True, metavar="REL", help="Path to remove, relative to the embedded "
+              "folder (repeatable).")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
+              help="File of ids and/or paths, one a line.")
+def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_file: str | None) -> None:
+    """Remove items from INDEX_DIR by id or path; they never come back in search results."""
+    from index.update import remove_from_index
+
+    if not (ids or paths or from_file):
+        raise click.UsageError("name what to remove with --id, --path or --from-file")
+    more_ids, more_paths = _read_targets(from_file) if from_file else ([], [])
+    click.echo(remove_from_index(index_dir, list(ids) + more_ids, list(paths) + more_paths).line(index_dir))
+
+
+# ---------------------------------------------------------------------------------------------------- search
+
+
+def _print_table(results: list[Any], out: Any) -> None:
+    for result in results:
+        query = result.query
+        title = f"image {query['image']}" if "image" in query else f"id {query['id']}  {query['path']}"
+        click.echo(f"query: {title}", file=out)
+        click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
+        for hit in result.hits:
+            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}",
+                       file=out)
+        click.echo("", file=out)
+
+
+def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None) -> list[Any]:
+    from extractor.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    found = searcher.search_images(files, k, weights)
+    for path, kind, message in found.errors:
+        click.echo(f"warning: {path}: {kind}: {message}", err=True)
+    if not found.results:
+        raise AlexfeatError(f"none of the {len(files)} query images could be read")
+    return found.results
+
+
+def _query_files(queries_dir: str) -> list[str]:
+    from extractor.discover import discover
+
+    files = [entry.abs_path for entry in discover(queries_dir)]
+    if not files:
+        raise AlexfeatError(f"{queries_dir} holds no image files")
+    return files
+
+
+@click.command()
+@click.argument("index_dir", type=_DIR)
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Query image file (repeatable); embedded with the model recorded in the index.")
+@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
+@click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
+@click.option("--queries", "queries_dir", type=click.Path(file_okay=False, exists=True),
+              help="Folder of query images (a batch).")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
+@click.option("--weights", default=None, metavar="PATH",
+              help="Weights file for image queries when the recorded source is not on this machine.")
+@click.option("--images-root", default=None, type=click.Path(file_okay=False),
+              help="Folder of the indexed images for --html, when not where the index recorded it.")
+def search(index_dir: str, images: tuple[str, ...], ids: tuple[int, ...], paths: tuple[str, ...],
+           queries_dir: str | None, k: int, as_json: bool, html_file: str | None, weights: str | None,
+           images_root: str | None) -> None:
+    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
+    kinds = [name for name, given in (("--image", images), ("--id", ids), ("--path", paths),
+                                      ("--queries", queries_dir)) if given]
+    if len(kinds) != 1:
+        raise click.UsageError("give one kind of query: --image, --id, --path or --queries"
+                               + (f" (got {', '.join(kinds)})" if kinds else ""))
+    from index.search import Searcher
+    from index.search import images_root as find_images_root
+
+    searcher = Searcher(index_dir)
+    root = find_images_root(searcher, images_root) if html_file else None
+    if ids:
+        results = searcher.search_ids(list(ids), k)
+    elif paths:
+        results = searcher.search_paths(list(paths), k)
+    else:
+        files = list(images) if images else _query_files(queries_dir)
+        results = _image_queries(searcher, files, k, weights)
+    if as_json:
+        for result in results:
+            click.echo(json.dumps(result.as_dict()))
+    else:
+        _print_table(results, sys.stdout)
+    if html_file:
+        from index.html import write_page
+
+        write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
+        click.echo(f"wrote {html_file}: queries {len(results)}, neighbours {k} each", err=as_json)
+
+
+# ----------------------------------------------------------------------------------------------------- dedup
+
+
+@click.command()
+@click.argument("emb_dir", type=_DIR)
+@click.option("--threshold", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Cosine similarity at or above which two images are near-duplicates.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+              help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
+    """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
+    from index.dedup import dedup_dataset, output_format, write_report
+
+    if out is not None:
+        output_format(out)  # a bad extension fails before the search
+    report = dedup_dataset(emb_dir, threshold, progress)
+    if out is not None:
+        write_report(report, out)
+    else:
+        for number, group in enumerate(report.groups, 1):
+            click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
+    click.echo(report.summary(out))

@@ -1,0 +1,142 @@
+"""Near-duplicate groups: a range search at a cosine threshold, then connected components (union-find).
+
+Up to ``EXACT_MAX`` vectors the range search is exact (brute force); above, an inverted file probes the
+``DEDUP_NPROBE`` nearest lists of each vector, which finds near-duplicates (cosine ≥ 0.9 or so sit in the same
+or neighbouring lists) at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from extractor.atomic import write_text_atomic
+from extractor.errors import AlexfeatError
+from extractor.progress import Progress
+from extractor.store import load_dataset
+from index.factory import EXACT_MAX, ivf_nlist, training_size
+
+BATCH = 4_096
+DEDUP_NPROBE = 16
+
+
+@dataclass(frozen=True)
+class DedupReport:
+    """Groups of near-duplicates (each a list of (id, path), sorted by path; largest groups first)."""
+
+    groups: list[list[tuple[int, str]]]
+    count: int
+    threshold: float
+
+    @property
+    def duplicates(self) -> int:
+        """Images beyond the first of each group: what deleting duplicates would free."""
+        return sum(len(g) - 1 for g in self.groups)
+
+    def summary(self, out: str | os.PathLike[str] | None = None) -> str:
+        where = f" -> {out}" if out is not None else ""
+        return (f"dedup: near-duplicate groups: {len(self.groups)} ({sum(map(len, self.groups))} images, "
+                f"{self.duplicates} redundant) among {self.count:,} images at cosine >= {self.threshold}{where}")
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _range_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
+    n, dim = vectors.shape
+    if n <= exact_max:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = ivf_nlist(n)
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, training_size(n, f"IVF{nlist},Flat"), replace=False)
+        index.train(vectors[np.sort(sample)])
+        faiss.extract_index_ivf(index).nprobe = DEDUP_NPROBE
+    index.add(vectors)
+    return index
+
+
+def duplicate_groups(vectors: np.ndarray, threshold: float = 0.95, exact_max: int = EXACT_MAX,
+                     progress: bool | None = None) -> list[np.ndarray]:
+    """Row numbers of each group of vectors linked by cosine ≥ ``threshold`` (directly or through others);
+    groups of two or more, largest first."""
+    if not 0.0 < threshold <= 1.0:
+        raise AlexfeatError(f"--threshold must be a cosine similarity in (0, 1], got {threshold}")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(x)
+    if n < 2:
+        return []
+    index = _range_index(x, exact_max)
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # FAISS keeps scores > radius
+    sets = _UnionFind(n)
+    with Progress(n if n > BATCH else 0, "dedup", enabled=progress, unit="img") as bar:
+        for start in range(0, n, BATCH):
+            lims, _, found = index.range_search(x[start:start + BATCH], radius)
+            lims = lims.astype(np.int64)
+            rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+            for a, b in zip(rows[rows < found].tolist(), found[rows < found].tolist()):
+                sets.union(a, b)
+            bar.update(len(lims) - 1)
+    roots = np.array([sets.find(i) for i in range(n)])
+    _, inverse, sizes = np.unique(roots, return_inverse=True, return_counts=True)
+    members = np.argsort(inverse, kind="stable")
+    groups = np.split(members, np.cumsum(sizes)[:-1])
+    return sorted((g for g in groups if len(g) > 1), key=len, reverse=True)
+
+
+def dedup_dataset(emb_dir: str | os.PathLike[str], threshold: float = 0.95,
+                  progress: bool | None = None) -> DedupReport:
+    """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path."""
+    dataset = load_dataset(emb_dir, columns=("id", "path"))
+    groups = []
+    for rows in duplicate_groups(dataset.vectors, threshold, progress=progress):
+        groups.append(sorted(((int(dataset.ids[r]), dataset.paths[r]) for r in rows.tolist()), key=lambda m: m[1]))
+    groups.sort(key=lambda g: (-len(g), g[0][1]))
+    return DedupReport(groups, len(dataset), threshold)
+
+
+def output_format(out: str | os.PathLike[str]) -> str:
+    """``json`` or ``csv`` from the output file's extension; AlexfeatError for anything else."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise AlexfeatError(f"cannot tell the format of {out}: name it .json or .csv")
+    return suffix[1:]
+
+
+def write_report(report: DedupReport, out: str | os.PathLike[str]) -> None:
+    """Write the groups as JSON (a list of groups, each a list of {"id", "path"}) or CSV (group, id, path),
+    chosen by the file's extension."""
+    out = Path(out)
+    if output_format(out) == "json":
+        text = json.dumps([[{"id": i, "path": p} for i, p in group] for group in report.groups], indent=1) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["group", "id", "path"])
+        writer.writerows([g, i, p] for g, group in enumerate(report.groups, 1) for i, p in group)
+        text = buffer.getvalue()
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:
+        raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
