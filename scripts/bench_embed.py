@@ -1,0 +1,128 @@
+"""Benchmark ``alexfeat embed`` end to end against the bound its two stages imply on this machine.
+
+    python scripts/bench_embed.py [--small 400] [--large 60] [--workdir DIR]
+
+Writes two sets of photo-like JPEGs (about 500x375 and 4000x3000), then measures in the same run, with
+``--arch torchvision --weights random`` (speed does not depend on the weights):
+- model-only images/s (the compiled inference path on uint8 batches);
+- decode-only images/s (read + sha256 + decode + resize on all cores, the embed job's decoder);
+- the bound when both share the CPU: 1 / (1/model + 1/decode);
+- end-to-end images/s of the whole ``alexfeat embed`` command (wall time, start-up included), and its ratio
+  to the bound. Medians over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SETS = {"small": (500, 375), "large": (4000, 3000)}
+
+
+def photo(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """Smooth colour fields plus fine texture: compresses like a photo (not like flat colour or pure noise)."""
+    width, height = size
+    coarse = rng.integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8)
+    base = Image.fromarray(coarse).resize(size, Image.BICUBIC)
+    texture = rng.normal(0, 12, (height, width, 1)).astype(np.float32)
+    pixels = np.clip(np.asarray(base, np.float32) + texture, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_set(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo_{i:05d}.jpg"
+        if not path.exists():
+            photo(size, rng).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_rate(extractor, batch_size: int, repeats: int) -> float:
+    size = extractor.spec.input_size
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    extractor(batch)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(4):
+            extractor(batch)
+        rates.append(4 * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
+    from extractor.discover import discover
+    from extractor.pipeline import FileDecoder, ordered_map
+
+    entries = list(discover(folder))
+    decoder = FileDecoder(resize)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in ordered_map(decoder, entries, workers, 4 * workers):
+            pass
+        rates.append(len(entries) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def embed_rate(folder: Path, count: int, out: Path, batch_size: int, repeats: int) -> float:
+    cmd = [sys.executable, "-m", "extractor.cli", "embed", str(folder), "-o", str(out), "--arch", "torchvision",
+           "--weights", "random", "--batch-size", str(batch_size), "--no-progress"]
+    rates = []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=400, help="images in the ~500x375 set")
+    parser.add_argument("--large", type=int, default=60, help="images in the 4000x3000 set")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from extractor.features import FeatureExtractor
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alexfeat-bench-"))
+    workers = os.cpu_count() or 1
+    extractor = FeatureExtractor("random", arch="torchvision")
+    model = model_rate(extractor, args.batch_size, args.repeats)
+    print(f"model only (compiled, batch {args.batch_size}): {model:.1f} images/s on {workers} cores")
+    print(f"{'set':<6} {'size':>10} {'n':>5} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} {'embed/bound':>11}")
+    for name, count in (("small", args.small), ("large", args.large)):
+        if count <= 0:
+            continue
+        size = SETS[name]
+        folder = workdir / name
+        make_set(folder, count, size)
+        decode = decode_rate(folder, extractor.resize_spec, workers, args.repeats)
+        bound = 1.0 / (1.0 / model + 1.0 / decode)
+        end_to_end = embed_rate(folder, count, workdir / f"emb-{name}", args.batch_size, args.repeats)
+        print(f"{name:<6} {size[0]:>5}x{size[1]:<4} {count:>5} {decode:>9.1f} {bound:>8.1f} {end_to_end:>8.1f} "
+              f"{end_to_end / bound:>11.2f}")
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
