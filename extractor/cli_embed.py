@@ -41,11 +41,9 @@ def embed(images_dir: str, out_dir: str, weights: str | None, arch: str | None, 
     OUT_DIR/_errors.parquet and never stop the job.
     """
     from extractor.discover import discover
-    from extractor.tf_runtime import import_tensorflow
     from extractor.weights import default_source
 
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    import_tensorflow()
     from extractor.features import FeatureExtractor
     from extractor.pipeline import EmbedJob
 

@@ -8,14 +8,14 @@ rebuilds exactly the same function with :meth:`FeatureExtractor.from_metadata`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from extractor.archs import INPUT_SIZE
+from extractor.archs import INPUT_SIZE, POOL5_SHAPE
 from extractor.errors import AlexfeatError, WeightsError
-from extractor.model import AlexNet
 from extractor.weights import Weights, resolve_weights
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -70,17 +70,36 @@ class FeatureExtractor:
         if self.resize_spec.output_size != size:
             raise AlexfeatError(f"resize {resize!r} gives {self.resize_spec.output_size} px images, the "
                                 f"{arch} network needs {size}")
-        self.model = self._build(arch, layer, pooling)
-        dim = int(self.model.output_shape[-1])
+        dim = int(np.prod(POOL5_SHAPE)) if pooling == "flatten" else POOL5_SHAPE[-1] if layer == "pool5" else 4096
         self.spec = FeatureSpec(arch, self.weights.source, self.weights.sha256, layer, pooling, size,
                                 str(self.resize_spec), dim)
-        self._compiled = self._compile()
+        self._model: Any = None
+        self._compiled: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        """The Keras model from uint8 images to unnormalised features (built, with TensorFlow, on first use)."""
+        self.warm_up()
+        return self._model
+
+    def warm_up(self) -> None:
+        """Import TensorFlow, build the model and trace the compiled function; safe to run in another thread."""
+        with self._lock:
+            if self._compiled is None:
+                spec = self.spec
+                self._model = self._build(spec.arch, spec.layer, spec.pooling)
+                if int(self._model.output_shape[-1]) != spec.dim:
+                    raise AlexfeatError(f"model gives {self._model.output_shape[-1]}-d features, expected {spec.dim}")
+                self._compiled = self._compile()
+                size = spec.input_size
+                self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
 
     def _build(self, arch: str, layer: str, pooling: str) -> Any:
-        """The Keras model from preprocessed images to unnormalised features."""
+        """The Keras model from uint8 images to unnormalised features."""
         import keras
 
-        from extractor.model import GeneralizedMeanPooling, Preprocess
+        from extractor.model import AlexNet, GeneralizedMeanPooling, Preprocess
 
         if layer == "pool5":
             base = AlexNet(weights=self.weights, include_top=False, pooling=None, trainable=False)
@@ -104,7 +123,7 @@ class FeatureExtractor:
     def _compile(self) -> Any:
         import tensorflow as tf
 
-        model = self.model
+        model = self._model
         size = self.spec.input_size
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True)
@@ -121,6 +140,7 @@ class FeatureExtractor:
                                 f"got {images.shape}")
         if len(images) == 0:
             return np.zeros((0, self.spec.dim), np.float32)
+        self.warm_up()
         return self._compiled(images.astype(np.uint8, copy=False)).numpy()
 
     def embed_paths(self, paths: Sequence[str], max_pixels: int | None = None,
@@ -162,5 +182,6 @@ class FeatureExtractor:
         extractor = cls(resolved, fields["arch"], fields["layer"],
                         fields["pooling"] if fields["layer"] == "pool5" else "avg", fields["resize"])
         if extractor.spec.dim != int(fields["dim"]):
-            raise AlexfeatError(f"rebuilt extractor gives {extractor.spec.dim}-d vectors, metadata says {fields['dim']}")
+            raise AlexfeatError(f"rebuilt extractor gives {extractor.spec.dim}-d vectors, "
+                                f"metadata says {fields['dim']}")
         return extractor

@@ -29,7 +29,14 @@ from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
 from extractor.progress import Progress
 from extractor.resume import ResumePlan, apply_plan, load_existing, plan_resume
-from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, path_ids, read_errors
+from extractor.store import (
+    EmbeddingMeta,
+    ErrorRecord,
+    open_for_writing,
+    path_ids,
+    read_errors,
+)
+from extractor.tf_runtime import import_tensorflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,7 +126,7 @@ class EmbedSummary:
     discovered: int = 0
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("discover", "plan", "decode", "infer", "write"), 0.0))
+        ("discover", "plan", "model", "decode", "infer", "write"), 0.0))
 
     @property
     def images_per_second(self) -> float:
@@ -132,7 +139,7 @@ class EmbedSummary:
             + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
-            "(decode is summed over workers)",
+            "(model: waiting for TensorFlow start-up, overlapped with the rest; decode: summed over workers)",
         ]
 
 
@@ -159,6 +166,21 @@ class EmbedJob:
         summary = EmbedSummary()
         start = time.perf_counter()
         timer = _StageTimer(summary.stage_seconds)
+        # TensorFlow's import and the model build (~5 s) overlap discovery, planning and the first decodes.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
+            model_ready = warm.submit(self._warm_up)
+            try:
+                self._run(summary, timer, model_ready)
+            finally:
+                concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
+        summary.wall_seconds = time.perf_counter() - start
+        return summary
+
+    def _warm_up(self) -> None:
+        import_tensorflow()
+        self.extractor.warm_up()
+
+    def _run(self, summary: EmbedSummary, timer: _StageTimer, model_ready: concurrent.futures.Future) -> None:
         with open_for_writing(self.out_dir, self.metadata(), overwrite=self.overwrite,
                               rows_per_part=self.rows_per_part) as writer:
             with timer("discover"):
@@ -170,17 +192,16 @@ class EmbedJob:
             summary.dropped = len(plan.drop_ids)
             with timer("write"):
                 apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
-            self._embed(plan.to_embed, writer, summary, timer)
+            self._embed(plan.to_embed, writer, summary, timer, model_ready)
             with timer("write"):
                 writer.flush()
-        summary.wall_seconds = time.perf_counter() - start
-        return summary
 
     def _plan(self, entries: list[FileEntry]) -> ResumePlan:
         """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
         return plan_resume(entries, load_existing(self.out_dir), prune=self.prune, errors=read_errors(self.out_dir))
 
-    def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer) -> None:
+    def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer,
+               model_ready: concurrent.futures.Future) -> None:
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
         in_flight = max(2 * self.batch_size, 4 * self.workers)
         results = ordered_map(decoder, todo, self.workers, in_flight)
@@ -189,6 +210,8 @@ class EmbedJob:
                 good = [r for r in batch if isinstance(r, Decoded)]
                 bad = [r for r in batch if isinstance(r, Failed)]
                 summary.stage_seconds["decode"] += sum(r.seconds for r in batch)
+                with timer("model"):
+                    model_ready.result()  # waits for start-up once; raises what the model build raised
                 with timer("infer"):
                     vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
                 with timer("write"):

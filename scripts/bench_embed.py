@@ -8,8 +8,8 @@ Writes two sets of photo-like JPEGs (about 500x375 and 4000x3000), then measures
 - decode-only images/s (read + sha256 + decode + resize on all cores, the embed job's decoder);
 - the bound when both share the CPU: 1 / (1/model + 1/decode);
 - end-to-end images/s of the whole ``alexfeat embed`` command (wall time, start-up included), and its ratio
-  to the bound; and the job alone (the summary's wall time: start-up, about 5 s of TensorFlow import and model
-  build, excluded). Medians over ``--repeats``.
+  to the bound; and the job alone (the summary's wall time: TensorFlow's import and the model build are in it,
+  overlapped with discovery and decoding; Python and CLI start-up are not). Medians over ``--repeats``.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
 
 
 def embed_rate(folder: Path, count: int, out: Path, batch_size: int, repeats: int) -> tuple[float, float]:
-    """Median images/s of the whole command, and of its job alone (the summary's wall time, no start-up)."""
+    """Median images/s of the whole command, and of its job alone (the summary's wall time)."""
     cmd = [sys.executable, "-m", "extractor.cli", "embed", str(folder), "-o", str(out), "--arch", "torchvision",
            "--weights", "random", "--batch-size", str(batch_size), "--no-progress"]
     rates, job_rates = [], []
