@@ -203,7 +203,7 @@ class EmbedJob:
     def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer,
                model_ready: concurrent.futures.Future) -> None:
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        in_flight = max(2 * self.batch_size, 4 * self.workers)
+        in_flight = max(8 * self.batch_size, 4 * self.workers)  # ~40 MB of decoded images at 32: covers start-up
         results = ordered_map(decoder, todo, self.workers, in_flight)
         with Progress(len(todo), "embed", enabled=self.progress) as progress:
             for batch in batched(results, self.batch_size):
