@@ -38,3 +38,28 @@ def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging directory (``.NAME.tmp``); on success it replaces ``target`` as a whole.
+
+    The previous ``target`` is moved aside (``.NAME.old``) and deleted after the swap; on error the staging
+    directory is removed and ``target`` is left as it was.
+    """
+    import shutil
+
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    for stale in (staging, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        yield staging
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extractor.atomic import atomic_dir
 from extractor.errors import AlexfeatError, DatasetError
 from extractor.store import EmbeddingMeta
 
@@ -149,24 +149,14 @@ def write_classifier_dir(out_dir: str | os.PathLike[str], model: Any, finetuned:
         if foreign:
             raise ClassifierDirError(f"{out_dir} holds files that are not a classifier's ({', '.join(foreign[:3])}"
                                      f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
-    staging = out_dir.with_name(f".{out_dir.name}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.old")
     try:
-        for stale in (staging, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging.mkdir(parents=True)
-        model.save(staging / (MODEL_FILE if finetuned else HEAD_FILE))
-        (staging / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False, indent=1) + "\n",
-                                            encoding="utf-8")
-        record = {**metrics, META_KEY: json.loads(meta.to_json())}
-        (staging / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n",
-                                            encoding="utf-8")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
+        with atomic_dir(out_dir) as staging:
+            model.save(staging / (MODEL_FILE if finetuned else HEAD_FILE))
+            (staging / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False, indent=1) + "\n",
+                                                encoding="utf-8")
+            record = {**metrics, META_KEY: json.loads(meta.to_json())}
+            (staging / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n",
+                                                encoding="utf-8")
     except OSError as exc:
         raise ClassifierDirError(f"cannot write {out_dir} ({exc}); choose a writable output directory") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extractor.atomic import write_text_atomic
+from extractor.atomic import atomic_dir, write_text_atomic
 from extractor.classifier_dir import ClassifierDir
 from extractor.errors import AlexfeatError
 
@@ -77,19 +76,9 @@ def _save_keras(model: Any, out: Path) -> None:
 def _save_savedmodel(model: Any, out: Path, classes_text: str) -> None:
     if out.exists() and not (out.is_dir() and (not os.listdir(out) or (out / "saved_model.pb").exists())):
         raise AlexfeatError(f"{out} exists and is not a SavedModel directory; choose a new path")
-    staging = out.with_name(f".{out.name}.tmp")
-    old = out.with_name(f".{out.name}.old")
     try:
-        for stale in (staging, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.export(str(staging), format="tf_saved_model", verbose=False)
-        (staging / "classes.json").write_text(classes_text, encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(staging, out)
+        with atomic_dir(out) as staging:
+            model.export(str(staging), format="tf_saved_model", verbose=False)
+            (staging / "classes.json").write_text(classes_text, encoding="utf-8")
     except OSError as exc:
         raise AlexfeatError(f"cannot write {out} ({exc})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
