@@ -11,7 +11,6 @@ import os
 
 # Quiet TensorFlow's C++ start-up noise for the CLI only (a library user keeps their own setting).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import click
 

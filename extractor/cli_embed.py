@@ -19,7 +19,8 @@ from extractor.decode import DEFAULT_MAX_PIXELS
               help="Architecture; taken from the weights when omitted (random alone: torchvision).")
 @click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
 @click.option("--pooling", type=click.Choice(["avg", "max", "gem", "flatten"]), default="gem", show_default=True,
-              help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).")
+              help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, "
+                   "or flatten (the 9216-d maps).")
 @click.option("--resize", default=None, metavar="POLICY",
               help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
                    "policy (caffe: squash256-center227, torchvision: shorter256-center224).")

@@ -12,14 +12,13 @@ The pieces are plain callables on plain data, so they also fit a distributed eng
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,17 +29,21 @@ from extractor.features import FeatureExtractor
 from extractor.progress import Progress
 from extractor.resume import ResumePlan, apply_plan, load_existing, plan_resume
 from extractor.store import (
+    DatasetWriter,
     EmbeddingMeta,
     ErrorRecord,
     open_for_writing,
     path_ids,
     read_errors,
 )
+from extractor.stream import batched, ordered_map
 from extractor.tf_runtime import import_tensorflow
+from extractor.timing import Phases
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+STAGES = ("discover", "plan", "model", "decode", "infer", "write")
 
 
 @dataclass
@@ -87,33 +90,6 @@ class FileDecoder:
         return Decoded(entry, image.pixels, image.width, image.height, digest, time.perf_counter() - start)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int) -> Iterator[R]:
-    """``map(fn, items)`` on a thread pool, in order, with at most ``in_flight`` items submitted ahead."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of ``size`` items (the last may be shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @dataclass
 class EmbedSummary:
     """What a run did, and where its time went."""
@@ -125,15 +101,14 @@ class EmbedSummary:
     dropped: int = 0
     discovered: int = 0
     wall_seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("discover", "plan", "model", "decode", "infer", "write"), 0.0))
+    stages: Phases = field(default_factory=lambda: Phases("embed", STAGES, level=logging.DEBUG))
 
     @property
     def images_per_second(self) -> float:
         return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
 
     def lines(self) -> list[str]:
-        stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stage_seconds.items())
+        stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stages.seconds.items())
         return [
             f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
             + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
@@ -165,12 +140,11 @@ class EmbedJob:
     def run(self) -> EmbedSummary:
         summary = EmbedSummary()
         start = time.perf_counter()
-        timer = _StageTimer(summary.stage_seconds)
         # TensorFlow's import and the model build (~5 s) overlap discovery, planning and the first decodes.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
             model_ready = warm.submit(self._warm_up)
             try:
-                self._run(summary, timer, model_ready)
+                self._run(summary, model_ready)
             finally:
                 concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
         summary.wall_seconds = time.perf_counter() - start
@@ -180,7 +154,8 @@ class EmbedJob:
         import_tensorflow()
         self.extractor.warm_up()
 
-    def _run(self, summary: EmbedSummary, timer: _StageTimer, model_ready: concurrent.futures.Future) -> None:
+    def _run(self, summary: EmbedSummary, model_ready: concurrent.futures.Future) -> None:
+        timer = summary.stages
         with open_for_writing(self.out_dir, self.metadata(), overwrite=self.overwrite,
                               rows_per_part=self.rows_per_part) as writer:
             with timer("discover"):
@@ -192,7 +167,7 @@ class EmbedJob:
             summary.dropped = len(plan.drop_ids)
             with timer("write"):
                 apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
-            self._embed(plan.to_embed, writer, summary, timer, model_ready)
+            self._embed(plan.to_embed, writer, summary, model_ready)
             with timer("write"):
                 writer.flush()
 
@@ -200,8 +175,9 @@ class EmbedJob:
         """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
         return plan_resume(entries, load_existing(self.out_dir), prune=self.prune, errors=read_errors(self.out_dir))
 
-    def _embed(self, todo: list[FileEntry], writer, summary: EmbedSummary, timer: _StageTimer,
+    def _embed(self, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary,
                model_ready: concurrent.futures.Future) -> None:
+        timer = summary.stages
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
         in_flight = max(8 * self.batch_size, 4 * self.workers)  # ~40 MB of decoded images at 32: covers start-up
         results = ordered_map(decoder, todo, self.workers, in_flight)
@@ -209,7 +185,7 @@ class EmbedJob:
             for batch in batched(results, self.batch_size):
                 good = [r for r in batch if isinstance(r, Decoded)]
                 bad = [r for r in batch if isinstance(r, Failed)]
-                summary.stage_seconds["decode"] += sum(r.seconds for r in batch)
+                timer.add("decode", sum(r.seconds for r in batch))
                 with timer("model"):
                     model_ready.result()  # waits for start-up once; raises what the model build raised
                 with timer("infer"):
@@ -238,23 +214,3 @@ def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
         "height": np.array([r.height for r in decoded], np.int32),
         "embedding": vectors,
     }
-
-
-class _StageTimer:
-    """``with timer("stage"):`` adds the block's wall time to ``seconds["stage"]``."""
-
-    def __init__(self, seconds: dict[str, float]) -> None:
-        self.seconds = seconds
-        self._stage = ""
-        self._start = 0.0
-
-    def __call__(self, stage: str) -> _StageTimer:
-        self._stage = stage
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds[self._stage] += time.perf_counter() - self._start
-

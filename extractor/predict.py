@@ -7,7 +7,6 @@ never stops the others.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
 from extractor.progress import Progress
+from extractor.stream import batched, ordered_map
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,15 @@ class ImageClassifier:
     def predict_files(self, paths: Sequence[str], top: int = 3, batch_size: int = 32, workers: int = 2,
                       progress: bool | None = None) -> Iterator[Prediction | PredictError]:
         """Decode ``paths`` (in parallel threads) and classify them in batches, yielding results in input order."""
-        with ThreadPoolExecutor(max(1, workers)) as pool, Progress(len(paths), "predict", progress) as bar:
-            for start in range(0, len(paths), batch_size):
-                chunk = list(paths[start:start + batch_size])
-                decoded = list(pool.map(self._decode, chunk))
-                good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
-                ranked = iter(rank(self.probabilities(np.stack([decoded[i] for i in good])), self.classes,
-                                   [chunk[i] for i in good], top) if good else [])
-                for item in decoded:
+        decoded = ordered_map(self._decode, paths, max(1, workers), 2 * batch_size)
+        with Progress(len(paths), "predict", progress) as bar:
+            for chunk in batched(zip(paths, decoded), batch_size):
+                good = [(path, item) for path, item in chunk if isinstance(item, np.ndarray)]
+                ranked = iter(rank(self.probabilities(np.stack([item for _, item in good])), self.classes,
+                                   [path for path, _ in good], top) if good else [])
+                for _, item in chunk:
                     yield next(ranked) if isinstance(item, np.ndarray) else item
                 bar.update(len(chunk))
-
 
 def predict_vectors(head: Any, classes: Sequence[str], vectors: np.ndarray, paths: Sequence[str], top: int = 3,
                     batch_size: int = 4096) -> list[Prediction]:

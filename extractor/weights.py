@@ -181,7 +181,8 @@ def _from_npz(path: str) -> Weights:
         with np.load(path, allow_pickle=False) as npz:
             raw = {key: npz[key] for key in npz.files}
     except Exception as exc:  # zipfile/ValueError/OSError on damaged files
-        raise WeightsError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc}); the file may be truncated") from None
+        raise WeightsError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc}); "
+                           "the file may be truncated") from None
     arch, tensors = _convert(raw, NPZ_KEYS, "_", path)
     return Weights(arch, tensors, path, file_sha256(path).hex())
 

@@ -18,10 +18,16 @@ import numpy as np
 from extractor import __version__
 from extractor.errors import IndexDirError
 from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.timing import Phases
 from index import ops
-from index.factory import EXACT_MAX, FactoryChoice, check_factory, choose_factory, training_size
+from index.factory import (
+    EXACT_MAX,
+    FactoryChoice,
+    check_factory,
+    choose_factory,
+    training_size,
+)
 from index.indexdir import Lookup, prepare_output, write_index_dir
-from index.phases import Phases
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -103,7 +109,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str = "auto", mem
         tuning = tune(index, probe, target_recall)
     removal = "native" if ops.can_remove(index) else "mask"
     return BuiltIndex(index, effective, factory, choice.reason, tuning.params, tuning.recall, len(probe.queries),
-                      target_recall, memory_budget, removal, phases.seconds)
+                      target_recall, memory_budget, removal, phases.rounded())
 
 
 def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:

@@ -68,7 +68,8 @@ def model_rate(extractor, batch_size: int, repeats: int) -> float:
 
 def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
     from extractor.discover import discover
-    from extractor.pipeline import FileDecoder, ordered_map
+    from extractor.pipeline import FileDecoder
+    from extractor.stream import ordered_map
 
     entries = list(discover(folder))
     decoder = FileDecoder(resize)
