@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 # Quiet TensorFlow's C++ start-up noise for the CLI only (a library user keeps their own setting).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,5 +69,29 @@ def main(verbose: int) -> None:
         logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def run() -> None:
+    """The console entry point: ``main``, then, once TensorFlow is loaded, an immediate exit.
+
+    Python's normal shutdown tears down TensorFlow's thousands of modules and objects: 1.2-1.3 s measured on a
+    2-core machine after every command that used it, with nothing left to do (files are written atomically and
+    closed, worker pools shut down). Output streams and logging are flushed first.
+    """
+    try:
+        main.main(prog_name="alexfeat")
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if "tensorflow" not in sys.modules:
+        raise SystemExit(code)
+    if not isinstance(code, int):  # click exits with an int or None; anything else is a message, as SystemExit
+        print(code, file=sys.stderr)
+        code = 1 if code is not None else 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

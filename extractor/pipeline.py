@@ -2,8 +2,8 @@
 
 - :func:`extractor.discover.discover` lists the image files;
 - :func:`extractor.resume.plan_resume` decides which are new or changed;
-- :class:`FileDecoder` reads a file once, hashes it and decodes it (runs in a thread pool: Pillow and hashlib
-  release the GIL, so decoding overlaps inference);
+- :class:`extractor.file_decoder.FileDecoder` reads a file once, hashes it and decodes it, in worker processes
+  (:func:`decode_stream`) so that decoding overlaps TensorFlow's start-up and inference without queueing on the GIL;
 - :class:`extractor.features.FeatureExtractor` embeds batches in one compiled TensorFlow graph;
 - :class:`extractor.store.DatasetWriter` appends atomic Parquet parts and records per-file errors.
 
@@ -13,19 +13,21 @@ The pieces are plain callables on plain data, so they also fit a distributed eng
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
+import contextlib
+import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Iterator
 
 import numpy as np
 
 from extractor import __version__
-from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
+from extractor.decode import DEFAULT_MAX_PIXELS
 from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
+from extractor.file_decoder import Decoded, Failed, FileDecoder
 from extractor.progress import Progress
 from extractor.resume import ResumePlan, apply_plan, load_existing, plan_resume
 from extractor.store import (
@@ -41,53 +43,7 @@ from extractor.tf_runtime import import_tensorflow
 from extractor.timing import Phases
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 STAGES = ("discover", "plan", "model", "decode", "infer", "write")
-
-
-@dataclass
-class Decoded:
-    """A file decoded to the network's input, with what the dataset records about it."""
-
-    entry: FileEntry
-    pixels: np.ndarray
-    width: int
-    height: int
-    sha256: bytes
-    seconds: float
-
-
-@dataclass
-class Failed:
-    """A file that could not be decoded."""
-
-    entry: FileEntry
-    error: str
-    message: str
-    seconds: float
-
-
-class FileDecoder:
-    """Read a file once, hash its bytes, decode them to RGB uint8 at the input size."""
-
-    def __init__(self, resize: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.resize = resize
-        self.max_pixels = max_pixels
-
-    def __call__(self, entry: FileEntry) -> Decoded | Failed:
-        start = time.perf_counter()
-        try:
-            with open(entry.abs_path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            return Failed(entry, "unreadable", f"cannot read file: {exc.strerror or exc}", time.perf_counter() - start)
-        try:
-            image = decode_image(data, self.resize, self.max_pixels)
-        except DecodeError as exc:
-            return Failed(entry, exc.kind, str(exc), time.perf_counter() - start)
-        digest = hashlib.sha256(data).digest()
-        return Decoded(entry, image.pixels, image.width, image.height, digest, time.perf_counter() - start)
 
 
 @dataclass
@@ -140,21 +96,6 @@ class EmbedJob:
     def run(self) -> EmbedSummary:
         summary = EmbedSummary()
         start = time.perf_counter()
-        # TensorFlow's import and the model build (~5 s) overlap discovery, planning and the first decodes.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
-            model_ready = warm.submit(self._warm_up)
-            try:
-                self._run(summary, model_ready)
-            finally:
-                concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
-        summary.wall_seconds = time.perf_counter() - start
-        return summary
-
-    def _warm_up(self) -> None:
-        import_tensorflow()
-        self.extractor.warm_up()
-
-    def _run(self, summary: EmbedSummary, model_ready: concurrent.futures.Future) -> None:
         timer = summary.stages
         with open_for_writing(self.out_dir, self.metadata(), overwrite=self.overwrite,
                               rows_per_part=self.rows_per_part) as writer:
@@ -167,9 +108,25 @@ class EmbedJob:
             summary.dropped = len(plan.drop_ids)
             with timer("write"):
                 apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
-            self._embed(plan.to_embed, writer, summary, model_ready)
+            if plan.to_embed:  # an up-to-date dataset never loads TensorFlow
+                self._embed_while_warming_up(plan.to_embed, writer, summary)
             with timer("write"):
                 writer.flush()
+        summary.wall_seconds = time.perf_counter() - start
+        return summary
+
+    def _embed_while_warming_up(self, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary) -> None:
+        """TensorFlow's import and the model build (~5 s of one core) run in a thread while files decode."""
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
+            model_ready = warm.submit(self._warm_up)
+            try:
+                self._embed(todo, writer, summary, model_ready)
+            finally:
+                concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
+
+    def _warm_up(self) -> None:
+        import_tensorflow()
+        self.extractor.warm_up()
 
     def _plan(self, entries: list[FileEntry]) -> ResumePlan:
         """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
@@ -179,10 +136,12 @@ class EmbedJob:
                model_ready: concurrent.futures.Future) -> None:
         timer = summary.stages
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        in_flight = max(8 * self.batch_size, 4 * self.workers)  # ~40 MB of decoded images at 32: covers start-up
-        results = ordered_map(decoder, todo, self.workers, in_flight)
-        with Progress(len(todo), "embed", enabled=self.progress) as progress:
-            for batch in batched(results, self.batch_size):
+        in_flight = max(8 * self.batch_size, 4 * self.workers)
+        decoded = decode_stream(decoder, todo, self.workers, in_flight)
+        batches = batched(decoded, self.batch_size)
+        with contextlib.closing(decoded), Progress(len(todo), "embed", enabled=self.progress) as progress:
+            early = decoded_while_waiting(batches, model_ready, STARTUP_BUFFER_BYTES)
+            for batch in itertools.chain(early, batches):
                 good = [r for r in batch if isinstance(r, Decoded)]
                 bad = [r for r in batch if isinstance(r, Failed)]
                 timer.add("decode", sum(r.seconds for r in batch))
@@ -199,6 +158,45 @@ class EmbedJob:
                 summary.embedded += len(good)
                 summary.errors += len(bad)
                 progress.update(len(batch), errors=summary.errors)
+
+
+STARTUP_BUFFER_BYTES = 512 * 2**20
+"""Decoded pixels held while TensorFlow starts (~3,400 images at 224 px): enough for its ~5 s on any machine."""
+
+DECODE_CHUNK = 16
+"""Files per task sent to a decode process: few enough messages that a busy parent does not hold them up."""
+
+
+def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
+                  in_flight: int) -> Iterator[Decoded | Failed]:
+    """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), ``in_flight`` ahead.
+
+    Close it (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
+    if workers <= 0:
+        yield from map(decoder, entries)
+        return
+    ahead = max(2 * workers, in_flight // DECODE_CHUNK) * 4
+    chunks = ordered_map(decoder.many, batched(entries, DECODE_CHUNK), workers, ahead, processes=True)
+    try:
+        for chunk in chunks:
+            yield from chunk
+    finally:
+        chunks.close()
+
+
+def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: concurrent.futures.Future,
+                          max_bytes: int) -> list[list[Decoded | Failed]]:
+    """Pull batches while ``ready`` is not done, up to ``max_bytes`` of decoded pixels, so that decoding keeps the
+    cores busy during TensorFlow's start-up instead of stalling on a full queue."""
+    early: list[list[Decoded | Failed]] = []
+    held = 0
+    while not ready.done() and held < max_bytes:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        early.append(batch)
+        held += sum(r.pixels.nbytes for r in batch if isinstance(r, Decoded))
+    return early
 
 
 def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
