@@ -26,16 +26,19 @@ from extractor.decode import DEFAULT_MAX_PIXELS
                    "policy (caffe: squash256-center227, torchvision: shorter256-center224).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(0, 256),
-              help="Decoding threads (0: decode in the main thread).")
+              help="Decoding processes (0: decode in the main thread).")
 @click.option("--rows-per-part", default=None, type=click.IntRange(1), help="Rows per Parquet part file.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Larger images are recorded as errors (checked from the header).")
 @click.option("--prune", is_flag=True, help="Drop rows of files that no longer exist.")
+@click.option("--retry-errors", is_flag=True,
+              help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
+                   "--max-pixels); by default only changed ones are retried.")
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(images_dir: str, out_dir: str, weights: str | None, arch: str | None, layer: str, pooling: str,
           resize: str | None, batch_size: int, workers: int, rows_per_part: int | None, max_pixels: int,
-          prune: bool, overwrite: bool, progress: bool | None) -> None:
+          prune: bool, retry_errors: bool, overwrite: bool, progress: bool | None) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
 
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
@@ -50,8 +53,8 @@ def embed(images_dir: str, out_dir: str, weights: str | None, arch: str | None, 
 
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
     job = EmbedJob(images_dir, out_dir, extractor, batch_size=batch_size, workers=workers,
-                   rows_per_part=rows_per_part, max_pixels=max_pixels, prune=prune, overwrite=overwrite,
-                   progress=progress)
+                   rows_per_part=rows_per_part, max_pixels=max_pixels, prune=prune, retry_errors=retry_errors,
+                   overwrite=overwrite, progress=progress)
     summary = job.run()
     spec = extractor.spec
     click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")

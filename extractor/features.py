@@ -143,22 +143,26 @@ class FeatureExtractor:
         self.warm_up()
         return self._compiled(images.astype(np.uint8, copy=False)).numpy()
 
-    def embed_paths(self, paths: Sequence[str], max_pixels: int | None = None,
-                    batch_size: int = 32) -> tuple[np.ndarray, list[int], list[tuple[str, str, str]]]:
-        """Decode and embed image files; returns (vectors, indices of ``paths`` embedded, errors).
-
-        Each error is ``(path, error kind, message)``; a bad file never stops the others.
+    def embed_paths(self, paths: Sequence[str], max_pixels: int | None = None, batch_size: int = 32,
+                    workers: int = 2) -> tuple[np.ndarray, list[int], list[tuple[str, str, str]]]:
+        """Decode (in ``workers`` threads) and embed image files; returns (vectors, indices of ``paths`` embedded,
+        errors). Each error is ``(path, error kind, message)``; a bad file never stops the others.
         """
-        from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+        from extractor.decode import DEFAULT_MAX_PIXELS
+        from extractor.file_decoder import decode_paths
+        from extractor.stream import batched
 
-        pixels, ok, errors = [], [], []
-        for i, path in enumerate(paths):
-            try:
-                pixels.append(decode_image(path, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS).pixels)
-                ok.append(i)
-            except DecodeError as exc:
-                errors.append((str(path), exc.kind, str(exc)))
-        chunks = [self(np.stack(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        decoded = decode_paths(paths, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, workers, 4 * batch_size)
+        chunks, ok, errors = [], [], []
+        for first, batch in zip(range(0, len(paths), batch_size), batched(decoded, batch_size)):
+            good = [pixels for pixels in batch if isinstance(pixels, np.ndarray)]
+            for i, result in enumerate(batch, first):
+                if isinstance(result, np.ndarray):
+                    ok.append(i)
+                else:
+                    errors.append((str(paths[i]), result.kind, str(result)))
+            if good:
+                chunks.append(self(np.stack(good)))
         vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.spec.dim), np.float32)
         return vectors, ok, errors
 

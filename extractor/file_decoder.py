@@ -1,19 +1,24 @@
 """The embed job's decode stage: one file → its bytes read once, hashed and decoded, or a recorded failure.
 
 Kept free of TensorFlow, pyarrow and the rest of the job so that decode worker processes start in a fraction of a
-second (they import this module, Pillow and NumPy only).
+second (they import this module, Pillow and NumPy only). ``decode_paths`` decodes plain paths in threads, for
+queries and predictions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
 from extractor.discover import FileEntry
+from extractor.stream import ordered_map
 
 
 @dataclass
@@ -62,3 +67,17 @@ class FileDecoder:
     def many(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
         """Decode a chunk of files (one task for a worker process: fewer, larger messages)."""
         return [self(entry) for entry in entries]
+
+
+def decode_paths(paths: Sequence[str | os.PathLike[str]], resize: ResizeSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 workers: int = 2, in_flight: int = 64) -> Iterator[np.ndarray | DecodeError]:
+    """Pixels of each path, or its ``DecodeError``, in order; decoded in ``workers`` threads (queries, predict)."""
+    return ordered_map(functools.partial(_pixels_or_error, resize=resize, max_pixels=max_pixels), paths, workers,
+                       in_flight)
+
+
+def _pixels_or_error(path: str | os.PathLike[str], resize: ResizeSpec, max_pixels: int) -> np.ndarray | DecodeError:
+    try:
+        return decode_image(path, resize, max_pixels).pixels
+    except DecodeError as exc:
+        return exc

@@ -70,7 +70,7 @@ class EmbedSummary:
             + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
-            "(model: waiting for TensorFlow start-up, overlapped with the rest; decode: summed over workers)",
+            "(model: TensorFlow's start-up and the model build, while files decode; decode: summed over workers)",
         ]
 
 
@@ -86,6 +86,7 @@ class EmbedJob:
     rows_per_part: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     prune: bool = False
+    retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
 
@@ -118,19 +119,21 @@ class EmbedJob:
     def _embed_while_warming_up(self, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary) -> None:
         """TensorFlow's import and the model build (~5 s of one core) run in a thread while files decode."""
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
-            model_ready = warm.submit(self._warm_up)
+            model_ready = warm.submit(self._warm_up, summary.stages)
             try:
                 self._embed(todo, writer, summary, model_ready)
             finally:
                 concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
 
-    def _warm_up(self) -> None:
-        import_tensorflow()
-        self.extractor.warm_up()
+    def _warm_up(self, timer: Phases) -> None:
+        with timer("model"):
+            import_tensorflow()
+            self.extractor.warm_up()
 
     def _plan(self, entries: list[FileEntry]) -> ResumePlan:
         """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
-        return plan_resume(entries, load_existing(self.out_dir), prune=self.prune, errors=read_errors(self.out_dir))
+        return plan_resume(entries, load_existing(self.out_dir), prune=self.prune, errors=read_errors(self.out_dir),
+                           retry_errors=self.retry_errors)
 
     def _embed(self, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary,
                model_ready: concurrent.futures.Future) -> None:
@@ -141,12 +144,12 @@ class EmbedJob:
         batches = batched(decoded, self.batch_size)
         with contextlib.closing(decoded), Progress(len(todo), "embed", enabled=self.progress) as progress:
             early = decoded_while_waiting(batches, model_ready, STARTUP_BUFFER_BYTES)
+            log.debug("%d files decoded while the model started", sum(map(len, early)))
             for batch in itertools.chain(early, batches):
                 good = [r for r in batch if isinstance(r, Decoded)]
                 bad = [r for r in batch if isinstance(r, Failed)]
                 timer.add("decode", sum(r.seconds for r in batch))
-                with timer("model"):
-                    model_ready.result()  # waits for start-up once; raises what the model build raised
+                model_ready.result()  # raises what the model build raised
                 with timer("infer"):
                     vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
                 with timer("write"):

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from extractor.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
+from extractor.decode import DEFAULT_MAX_PIXELS, ResizeSpec
+from extractor.file_decoder import decode_paths
 from extractor.progress import Progress
-from extractor.stream import batched, ordered_map
+from extractor.stream import batched
 
 
 @dataclass(frozen=True)
@@ -74,23 +75,17 @@ class ImageClassifier:
         """(N, classes) float32 probabilities of decoded uint8 images at the input size."""
         return self._call(np.asarray(images, dtype=np.uint8)).numpy()
 
-    def _decode(self, path: str) -> np.ndarray | PredictError:
-        try:
-            return decode_image(path, self.resize, self.max_pixels).pixels
-        except DecodeError as exc:
-            return PredictError(path, exc.kind, str(exc))
-
     def predict_files(self, paths: Sequence[str], top: int = 3, batch_size: int = 32, workers: int = 2,
                       progress: bool | None = None) -> Iterator[Prediction | PredictError]:
         """Decode ``paths`` (in parallel threads) and classify them in batches, yielding results in input order."""
-        decoded = ordered_map(self._decode, paths, max(1, workers), 2 * batch_size)
+        decoded = decode_paths(paths, self.resize, self.max_pixels, max(1, workers), 2 * batch_size)
         with Progress(len(paths), "predict", progress) as bar:
             for chunk in batched(zip(paths, decoded), batch_size):
                 good = [(path, item) for path, item in chunk if isinstance(item, np.ndarray)]
                 ranked = iter(rank(self.probabilities(np.stack([item for _, item in good])), self.classes,
                                    [path for path, _ in good], top) if good else [])
-                for _, item in chunk:
-                    yield next(ranked) if isinstance(item, np.ndarray) else item
+                for path, item in chunk:
+                    yield next(ranked) if isinstance(item, np.ndarray) else PredictError(path, item.kind, str(item))
                 bar.update(len(chunk))
 
 def predict_vectors(head: Any, classes: Sequence[str], vectors: np.ndarray, paths: Sequence[str], top: int = 3,

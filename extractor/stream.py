@@ -24,15 +24,19 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_fligh
     items submitted ahead. ``workers`` 0 maps in the calling thread.
 
     Processes suit CPU-bound Python work (Pillow parses image headers in Python) next to another busy thread:
-    threads would queue on the GIL. They are started with ``spawn`` (safe beside running threads), ignore Ctrl-C
-    (the caller handles it) and exit when the calling process dies, even by SIGKILL. Closing the iterator early
-    cancels what has not started.
+    threads would queue on the GIL. They are started with ``spawn`` (safe beside running threads; a script that
+    starts them needs the usual ``if __name__ == "__main__":`` guard), run at nice 10 so that the caller's own
+    work comes first and they fill the idle cycles, ignore Ctrl-C (the caller handles it) and exit when the
+    calling process dies, even by SIGKILL. Closing the iterator early cancels what has not started.
     """
     if workers <= 0:
         yield from map(fn, items)
         return
-    pool: concurrent.futures.Executor = (
-        _process_pool(workers) if processes else concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stream"))
+    pool: concurrent.futures.Executor
+    if processes:
+        pool = _process_pool(workers)
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stream")
     pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
     try:
         for item in items:
@@ -61,8 +65,8 @@ def _result(future: concurrent.futures.Future[R]) -> R:
     try:
         return future.result()
     except BrokenProcessPool as exc:
-        raise AlexfeatError("a worker process died unexpectedly (killed, or out of memory); finished work is "
-                            "kept") from exc
+        raise AlexfeatError("a worker process died unexpectedly (killed, out of memory, or started from a script "
+                            "without an `if __name__ == '__main__':` guard); finished work is kept") from exc
 
 
 def _process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:

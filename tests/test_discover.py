@@ -140,7 +140,8 @@ def test_root_that_is_a_file_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("rel", "label"), [("cats/a.jpg", "cats"), ("Cats Big/sub/a.jpg", "Cats Big"), ("a.jpg", None), ("猫/a.png", "猫")]
+    ("rel", "label"),
+    [("cats/a.jpg", "cats"), ("Cats Big/sub/a.jpg", "Cats Big"), ("a.jpg", None), ("猫/a.png", "猫")],
 )
 def test_label_is_the_first_folder_under_the_root(rel: str, label: str | None) -> None:
     assert label_of(rel) == label

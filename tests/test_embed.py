@@ -94,6 +94,20 @@ def test_rerun_embeds_only_new_and_changed_files_and_prune_drops_vanished(tmp_pa
     assert sorted(load_dataset(out, embeddings=False).paths) == sorted([*paths[1:], "class0/new.jpg"])
 
 
+def test_known_errors_are_retried_only_when_asked(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 2, size=(96, 72))
+    make_photo(images / "big.jpg", (400, 300), seed=7)
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--max-pixels", "10000")
+    assert code == 0 and "embedded 2, unchanged 0, errors 1" in output
+    assert read_errors(out).column("error").to_pylist() == ["too_large"]
+    code, output = embed(str(images), "-o", str(out), *RANDOM)  # limit raised, file unchanged: still skipped
+    assert code == 0 and "embedded 0, unchanged 2, errors 0 (+1 known errors skipped)" in output
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--retry-errors")
+    assert code == 0 and "embedded 1, unchanged 2, errors 0" in output
+    assert read_errors(out).num_rows == 0 and "big.jpg" in load_dataset(out, embeddings=False).paths
+
+
 def test_incompatible_existing_output_is_refused_and_overwrite_replaces_it(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 2)
@@ -152,15 +166,65 @@ def test_killed_job_leaves_complete_parts_and_the_rerun_finishes(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list_parts(out) if out.exists() else []) < 2:
         time.sleep(0.05)
+    workers = children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list_parts(out), "the job wrote no part before it was killed"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(running, workers)):
+        time.sleep(0.1)
+    assert not any(map(running, workers)), "decode worker processes outlived the killed job"
     partial = pq.read_table(out)  # only complete parts are visible
     assert 0 < partial.num_rows < len(paths)
     code, output = embed(str(images), "-o", str(out), *RANDOM)
     assert code == 0, output
     final = load_dataset(out, embeddings=False)
     assert sorted(final.paths) == sorted(paths) and len(set(final.ids)) == len(paths)
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_up_to_date_rerun_finishes_without_loading_tensorflow(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 3)
+    assert embed(str(images), "-o", str(out), *RANDOM)[0] == 0
+    script = ("import sys\nfrom extractor.cli import main\n"
+              f"main.main(['embed', {str(images)!r}, '-o', {str(out)!r}, '--weights', 'random', '--no-progress'],"
+              " standalone_mode=False)\nprint('tensorflow loaded:', 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "unchanged 3" in result.stdout and "tensorflow loaded: False" in result.stdout
+
+
+def test_command_exit_codes_and_output_survive_the_fast_exit(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 3)
+    cli = [sys.executable, "-m", "extractor.cli"]
+    done = subprocess.run([*cli, "embed", str(images), "-o", str(out), *RANDOM], capture_output=True, text=True)
+    assert done.returncode == 0 and "embedded 3" in done.stdout, done.stderr
+    not_a_dataset = tmp_path / "empty"
+    not_a_dataset.mkdir()
+    failed = subprocess.run([*cli, "train", str(not_a_dataset), "-o", str(tmp_path / "head")], capture_output=True,
+                            text=True)  # fails after TensorFlow has loaded
+    assert failed.returncode == 1 and "Error:" in failed.stderr, failed.stderr
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

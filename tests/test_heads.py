@@ -111,7 +111,8 @@ def test_labels_from_a_csv_file(data, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("path,label\nStripes/img_00000.jpg,x\nnot/there.jpg,y\n", "names 1 path(s) that are not in the embeddings: 'not/there.jpg'"),
+    ("path,label\nStripes/img_00000.jpg,x\nnot/there.jpg,y\n",
+     "names 1 path(s) that are not in the embeddings: 'not/there.jpg'"),
     ("file,class\nStripes/img_00000.jpg,x\n", "must name the columns path,label"),
     ("path,label\nStripes/img_00000.jpg,x\nStripes/img_00000.jpg,y\n", "labelled both 'x' and 'y'"),
 ])

@@ -1,0 +1,50 @@
+"""The streaming pieces of the embed job: ordered pool maps, worker processes, decoding during start-up."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import numpy as np
+import pytest
+
+from extractor.discover import FileEntry
+from extractor.errors import AlexfeatError
+from extractor.file_decoder import Decoded, Failed
+from extractor.pipeline import decoded_while_waiting
+from extractor.stream import batched, ordered_map
+
+
+@pytest.mark.parametrize("workers, processes", [(0, False), (3, False), (2, True)])
+def test_ordered_map_keeps_the_input_order(workers, processes):
+    items = list(range(-40, 40))
+    assert list(ordered_map(abs, items, workers, in_flight=5, processes=processes)) == [abs(i) for i in items]
+
+
+def test_a_dead_worker_process_is_a_clear_error():
+    with pytest.raises(AlexfeatError, match="worker process died"):
+        list(ordered_map(os._exit, [3], workers=1, in_flight=1, processes=True))
+
+
+def test_batched_splits_without_losing_the_tail():
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def decoded(index: int) -> Decoded:
+    entry = FileEntry(f"img_{index}.jpg", f"/nowhere/img_{index}.jpg", 1, 1)
+    return Decoded(entry, np.zeros((100, 100, 3), np.uint8), 100, 100, b"\0" * 32, 0.0)
+
+
+def test_decoding_continues_while_the_model_starts_up_to_the_memory_budget():
+    batches = [[decoded(i), decoded(i + 1)] for i in range(0, 20, 2)] + [[Failed(decoded(99).entry, "corrupt", "x", 0)]]
+    starting: concurrent.futures.Future = concurrent.futures.Future()
+    per_batch = 2 * 100 * 100 * 3
+    early = decoded_while_waiting(iter(batches), starting, max_bytes=3 * per_batch)
+    assert early == batches[:3]  # stops once the budget is reached
+    rest = iter(batches)
+    assert decoded_while_waiting(rest, starting, max_bytes=10**9) == batches  # or when the input ends
+    ready: concurrent.futures.Future = concurrent.futures.Future()
+    ready.set_result(None)
+    rest = iter(batches)
+    assert decoded_while_waiting(rest, ready, max_bytes=10**9) == []  # a ready model takes them at once
+    assert next(rest) == batches[0]
