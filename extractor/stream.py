@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from extractor.errors import AlexfeatError
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -27,15 +29,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_fligh
     threads would queue on the GIL. They are started with ``spawn`` (safe beside running threads; a script that
     starts them needs the usual ``if __name__ == "__main__":`` guard), run at nice 10 so that the caller's own
     work comes first and they fill the idle cycles, ignore Ctrl-C (the caller handles it) and exit when the
-    calling process dies, even by SIGKILL. Closing the iterator early cancels what has not started.
+    calling process dies, even by SIGKILL. Where processes cannot start (no semaphores), threads are used, with a
+    warning. Closing the iterator early cancels what has not started.
     """
     if workers <= 0:
         yield from map(fn, items)
         return
-    pool: concurrent.futures.Executor
-    if processes:
-        pool = _process_pool(workers)
-    else:
+    pool = _process_pool(workers) if processes else None
+    if pool is None:
         pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stream")
     pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
     try:
@@ -69,9 +70,15 @@ def _result(future: concurrent.futures.Future[R]) -> R:
                             "without an `if __name__ == '__main__':` guard); finished work is kept") from exc
 
 
-def _process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    return concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(os.getpid(),))
+def _process_pool(workers: int) -> concurrent.futures.Executor | None:
+    """A pool of ``workers`` processes, or None where this system cannot run one (no semaphores, e.g. without
+    /dev/shm in some containers and serverless runtimes)."""
+    try:
+        return concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                                      initializer=_init_worker, initargs=(os.getpid(),))
+    except (OSError, ImportError, NotImplementedError) as exc:
+        log.warning("worker processes are not available here (%s): using threads", exc)
+        return None
 
 
 def _init_worker(parent_pid: int) -> None:

@@ -48,3 +48,12 @@ def test_decoding_continues_while_the_model_starts_up_to_the_memory_budget():
     rest = iter(batches)
     assert decoded_while_waiting(rest, ready, max_bytes=10**9) == []  # a ready model takes them at once
     assert next(rest) == batches[0]
+
+
+def test_threads_stand_in_where_processes_cannot_start(monkeypatch, caplog):
+    def no_semaphores(method: str) -> None:
+        raise OSError(38, "Function not implemented: sem_open")
+
+    monkeypatch.setattr("extractor.stream.multiprocessing.get_context", no_semaphores)
+    assert list(ordered_map(abs, [-1, -2, 3], workers=2, in_flight=2, processes=True)) == [1, 2, 3]
+    assert "worker processes are not available here" in caplog.text
