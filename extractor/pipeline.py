@@ -139,7 +139,7 @@ class EmbedJob:
                model_ready: concurrent.futures.Future) -> None:
         timer = summary.stages
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        in_flight = max(8 * self.batch_size, 4 * self.workers)
+        in_flight = max(32 * self.batch_size, 4 * DECODE_CHUNK * self.workers)  # ~150 MB of pixels at 32
         decoded = decode_stream(decoder, todo, self.workers, in_flight)
         batches = batched(decoded, self.batch_size)
         with contextlib.closing(decoded), Progress(len(todo), "embed", enabled=self.progress) as progress:
@@ -167,7 +167,8 @@ STARTUP_BUFFER_BYTES = 512 * 2**20
 """Decoded pixels held while TensorFlow starts (~3,400 images at 224 px): enough for its ~5 s on any machine."""
 
 DECODE_CHUNK = 16
-"""Files per task sent to a decode process: few enough messages that a busy parent does not hold them up."""
+"""Files per task sent to a decode process: few enough messages that a parent busy importing TensorFlow (holding
+the GIL) does not hold them up; a deep queue (``in_flight``) keeps the processes busy meanwhile."""
 
 
 def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
@@ -178,7 +179,7 @@ def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
     if workers <= 0:
         yield from map(decoder, entries)
         return
-    ahead = max(2 * workers, in_flight // DECODE_CHUNK) * 4
+    ahead = max(2 * workers, in_flight // DECODE_CHUNK)
     chunks = ordered_map(decoder.many, batched(entries, DECODE_CHUNK), workers, ahead, processes=True)
     try:
         for chunk in chunks:

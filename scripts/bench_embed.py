@@ -86,7 +86,7 @@ def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
     decoder = FileDecoder(resize)
     rates = []
     for _ in range(repeats):
-        results = decode_stream(decoder, entries, workers, 256)
+        results = decode_stream(decoder, entries, workers, 1024)
         next(results)  # steady state: from the first result on (worker start-up is the job's, not the stage's)
         start = time.perf_counter()
         count = sum(1 for _ in results)
