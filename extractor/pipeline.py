@@ -38,7 +38,7 @@ from extractor.store import (
     path_ids,
     read_errors,
 )
-from extractor.stream import batched, ordered_map
+from extractor.stream import WorkerDied, batched, ordered_map
 from extractor.tf_runtime import import_tensorflow
 from extractor.timing import Phases
 
@@ -175,17 +175,44 @@ def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
                   in_flight: int) -> Iterator[Decoded | Failed]:
     """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), ``in_flight`` ahead.
 
-    Close it (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
+    A worker that dies (killed by the out-of-memory killer, or a crash in an image library) costs no finished
+    work: the pool restarts, and the files of the chunk that was lost are decoded one per process, so that a file
+    that kills its own process again is recorded as ``crashed`` and the rest are embedded. Close the stream
+    (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
     if workers <= 0:
         yield from map(decoder, entries)
         return
-    ahead = max(2 * workers, in_flight // DECODE_CHUNK)
-    chunks = ordered_map(decoder.many, batched(entries, DECODE_CHUNK), workers, ahead, processes=True)
-    try:
-        for chunk in chunks:
-            yield from chunk
-    finally:
-        chunks.close()
+    yield from _decode_in_processes(decoder, entries, workers, max(2 * workers, in_flight // DECODE_CHUNK),
+                                    DECODE_CHUNK)
+
+
+def _decode_in_processes(decoder: FileDecoder, entries: list[FileEntry], workers: int, ahead: int,
+                         chunk_size: int) -> Iterator[Decoded | Failed]:
+    done = 0
+    while done < len(entries):
+        chunks = ordered_map(decoder.many, batched(entries[done:], chunk_size), workers, ahead, processes=True)
+        try:
+            for chunk in chunks:
+                yield from chunk
+                done += len(chunk)
+        except WorkerDied:
+            lost = entries[done:done + chunk_size]
+            if chunk_size == 1 and workers == 1:  # alone in its process: this file killed it
+                log.warning("decoding %s ended its worker process; recorded as an error", lost[0].path)
+                yield Failed(lost[0], "crashed", "decoding this file ended its worker process (out of memory, or a "
+                             "crash in the image library)", 0.0)
+            else:
+                log.warning("a decode worker process died; decoding %d files one by one to find the cause",
+                            len(lost))
+                alone = list(_decode_in_processes(decoder, lost, 1, 1, 1))
+                if all(isinstance(r, Failed) and r.error == "crashed" for r in alone):
+                    raise WorkerDied(f"all {len(lost)} files of a chunk ended their decode processes one by one: the "
+                                     "system, not the files, is the likely cause (out of memory, or a script "
+                                     "without an `if __name__ == '__main__':` guard); finished work is kept")
+                yield from alone
+            done += len(lost)
+        finally:
+            chunks.close()
 
 
 def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: concurrent.futures.Future,

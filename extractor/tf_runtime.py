@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
 from types import ModuleType
 from typing import Iterator
 
@@ -14,20 +16,30 @@ about 1 s of CPU per command measured on a 2-core machine. ``import_tensorflow``
 a later ``import sklearn`` works as usual, only ``keras.wrappers.SKLearn*`` stay unavailable in that process."""
 
 
+_TF_NOISE = re.compile(r"(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::)")
+"""TensorFlow's C++ log lines (absl format) and absl's notice about them."""
+
+
 @contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null for the duration (C++ loggers write there directly)."""
+def _stderr_filtered() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file for the duration (C++ loggers write there directly), then pass
+    on everything but TensorFlow's log lines: what other threads print meanwhile arrives late, never lost."""
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _TF_NOISE.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -45,8 +57,8 @@ def _skipped(names: tuple[str, ...]) -> Iterator[None]:
 
 
 def import_tensorflow(quiet: bool = True) -> ModuleType:
-    """Import TensorFlow and initialise its devices; with ``quiet`` the CUDA/oneDNN start-up lines are hidden and
-    the modules in ``SKIPPED_AT_IMPORT`` are kept out of Keras' import.
+    """Import TensorFlow and initialise its devices; with ``quiet`` its C++ start-up log lines (CUDA probing,
+    oneDNN) are hidden and the modules in ``SKIPPED_AT_IMPORT`` are kept out of Keras' import.
 
     ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide the lines: some are printed before TensorFlow reads it.
     """
@@ -55,7 +67,7 @@ def import_tensorflow(quiet: bool = True) -> ModuleType:
 
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_silenced(), _skipped(SKIPPED_AT_IMPORT):
+    with _stderr_filtered(), _skipped(SKIPPED_AT_IMPORT):
         import tensorflow as tf
 
         tf.config.list_physical_devices()

@@ -227,6 +227,24 @@ def test_command_exit_codes_and_output_survive_the_fast_exit(tmp_path):
     assert failed.returncode == 1 and "Error:" in failed.stderr, failed.stderr
 
 
+def test_a_killed_decode_process_costs_nothing(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "emb"
+    paths = photo_tree(images, 120, size=(640, 480))
+    cmd = [sys.executable, "-m", "extractor.cli", "embed", str(images), "-o", str(out), *RANDOM]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    workers: list[int] = []
+    while time.time() < deadline and not workers and proc.poll() is None:
+        workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        time.sleep(0.01)
+    assert workers, "no decode worker process was seen"
+    os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "embedded 120, unchanged 0, errors 0" in stdout and "decode worker process died" in stderr
+    assert sorted(load_dataset(out, embeddings=False).paths) == sorted(paths)
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_worker_count_does_not_change_the_result(tmp_path, workers):
     images = tmp_path / "images"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from extractor.discover import FileEntry
+from extractor.decode import ResizeSpec
+from extractor.discover import FileEntry, discover
 from extractor.errors import AlexfeatError
-from extractor.file_decoder import Decoded, Failed
-from extractor.pipeline import decoded_while_waiting
-from extractor.stream import batched, ordered_map
+from extractor.file_decoder import Decoded, Failed, FileDecoder
+from extractor.pipeline import decode_stream, decoded_while_waiting
+from extractor.stream import WorkerDied, batched, ordered_map
+from tests.imagefiles import make_photo
 
 
 @pytest.mark.parametrize("workers, processes", [(0, False), (3, False), (2, True)])
@@ -54,6 +57,36 @@ def test_threads_stand_in_where_processes_cannot_start(monkeypatch, caplog):
     def no_semaphores(method: str) -> None:
         raise OSError(38, "Function not implemented: sem_open")
 
-    monkeypatch.setattr("extractor.stream.multiprocessing.get_context", no_semaphores)
+    monkeypatch.setattr("extractor.process_pool.multiprocessing.get_context", no_semaphores)
     assert list(ordered_map(abs, [-1, -2, 3], workers=2, in_flight=2, processes=True)) == [1, 2, 3]
     assert "worker processes are not available here" in caplog.text
+
+
+class CrashingDecoder(FileDecoder):
+    """Ends its process on files named ``crash*``: stands in for a file that kills an image library."""
+
+    def __call__(self, entry: FileEntry) -> Decoded | Failed:
+        if Path(entry.path).name.startswith("crash"):
+            os._exit(70)
+        return super().__call__(entry)
+
+
+def test_a_file_that_kills_its_decode_process_is_recorded_and_the_rest_decode(tmp_path):
+    names = [f"img_{i:02d}.jpg" for i in range(40)]
+    names[5], names[23] = "crash_a.jpg", "crash_b.jpg"
+    for i, name in enumerate(names):
+        make_photo(tmp_path / name, (64, 48), seed=i)
+    entries = list(discover(tmp_path))
+    results = list(decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), entries, workers=2, in_flight=64))
+    assert [r.entry.path for r in results] == [e.path for e in entries]  # every file, in order
+    crashed = [r.entry.path for r in results if isinstance(r, Failed)]
+    assert crashed == ["crash_a.jpg", "crash_b.jpg"]
+    assert all(r.error == "crashed" for r in results if isinstance(r, Failed))
+    assert sum(isinstance(r, Decoded) for r in results) == 38
+
+
+def test_when_every_file_kills_its_process_the_system_is_blamed(tmp_path):
+    for i in range(3):
+        make_photo(tmp_path / f"crash_{i}.jpg", (64, 48), seed=i)
+    with pytest.raises(WorkerDied, match="the system, not the files"):
+        list(decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), list(discover(tmp_path)), 2, 64))

@@ -1,0 +1,144 @@
+"""Worker processes for ``extractor.stream.ordered_map``: one pipe pair per worker, results read as they come.
+
+Built on ``multiprocessing`` pipes rather than ``ProcessPoolExecutor``, whose manager thread (Python 3.11) can miss
+a worker killed right after it was spawned on demand and then waits forever. Here each worker is started once
+(``spawn``: safe beside running threads), items go to the workers in turn, and a reader thread per worker drains
+its results into a queue, so a worker never waits for the consumer's order. A worker's death is its result pipe's
+end of file: the consumer gets ``WorkerDied``, never a hang.
+
+Workers run at nice 10 (the caller's own work comes first; they fill the idle cycles), ignore Ctrl-C (the caller
+handles it) and exit when the calling process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Generic, TypeVar
+
+from extractor.errors import AlexfeatError
+
+T = TypeVar("T")
+R = TypeVar("R")
+_DIED = "worker-died"
+
+
+class WorkerDied(AlexfeatError):
+    """A worker process ended abruptly (killed, e.g. by the out-of-memory killer, or crashed)."""
+
+    def __init__(self, message: str = "a worker process died unexpectedly (killed, out of memory, or started "
+                                      "from a script without an `if __name__ == '__main__':` guard); finished "
+                                      "work is kept") -> None:
+        super().__init__(message)
+
+
+class Worker(Generic[T, R]):
+    """One process applying ``fn`` to the items sent to it, in order."""
+
+    def __init__(self, fn: Callable[[T], R], context: Any) -> None:
+        tasks_in, self._tasks = context.Pipe(duplex=False)
+        results, results_out = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, args=(fn, tasks_in, results_out, os.getpid()),
+                                       name="alexfeat-worker", daemon=True)
+        self.process.start()
+        tasks_in.close()  # only the worker holds these ends now: its death closes the pipes
+        results_out.close()
+        self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._drain, args=(results,), name="worker-results", daemon=True).start()
+
+    def submit(self, item: T) -> Worker[T, R]:
+        """Send ``item``; the matching ``result()`` call returns its result (results come back in order)."""
+        try:
+            self._tasks.send(item)
+        except OSError as exc:  # the worker's end is closed: it died
+            raise WorkerDied() from exc
+        return self
+
+    def result(self) -> R:
+        """The result of the oldest item not yet collected (re-raises what ``fn`` raised)."""
+        message = self._results.get()
+        if message == _DIED:
+            self._results.put(_DIED)  # every later call fails the same way
+            raise WorkerDied()
+        ok, value = message
+        if not ok:
+            raise value
+        return value
+
+    def close(self, cancel: bool) -> None:
+        """Stop the worker: after its queued items, or at once with ``cancel``."""
+        if cancel:
+            self.process.terminate()
+        else:
+            try:
+                self._tasks.send(None)
+            except OSError:
+                pass
+        self._tasks.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+    def _drain(self, results: Connection) -> None:
+        while True:
+            try:
+                self._results.put(results.recv())
+            except (EOFError, OSError):
+                self._results.put(_DIED)
+                results.close()
+                return
+
+
+class ProcessPool(Generic[T, R]):
+    """``count`` worker processes applying ``fn`` (picklable); items go to them in turn."""
+
+    def __init__(self, fn: Callable[[T], R], count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[Worker[T, R]] = []
+        try:
+            for _ in range(count):
+                self.workers.append(Worker(fn, context))
+        except BaseException:
+            self.close(cancel=True)
+            raise
+        self._turns = itertools.cycle(self.workers)
+
+    def submit(self, item: T) -> Worker[T, R]:
+        """Send ``item`` to the next worker; that worker's next ``result()`` is its result."""
+        return next(self._turns).submit(item)
+
+    def close(self, cancel: bool) -> None:
+        for worker in self.workers:
+            worker.close(cancel)
+
+
+def _serve(fn: Callable[[Any], Any], tasks: Connection, results: Connection, parent_pid: int) -> None:
+    """The worker's loop: items in, ``(ok, result or exception)`` out, until ``None`` or the end of the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
+    while True:
+        try:
+            item = tasks.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        try:
+            results.send((True, fn(item)))
+        except Exception as exc:
+            results.send((False, exc))
+
+
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """A worker blocked on its pipe never notices a parent killed by SIGKILL: poll and leave."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
