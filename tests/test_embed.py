@@ -227,6 +227,7 @@ def test_command_exit_codes_and_output_survive_the_fast_exit(tmp_path):
     assert failed.returncode == 1 and "Error:" in failed.stderr, failed.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through Linux /proc")
 def test_a_killed_decode_process_costs_nothing(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     paths = photo_tree(images, 120, size=(640, 480))
