@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from extractor.decode import DEFAULT_MAX_PIXELS
+from extractor.stream import usable_cpus
 
 
 @click.command()
@@ -25,7 +24,7 @@ from extractor.decode import DEFAULT_MAX_PIXELS
               help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
                    "policy (caffe: squash256-center227, torchvision: shorter256-center224).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(0, 256),
+@click.option("--workers", default=usable_cpus(), show_default=True, type=click.IntRange(0, 256),
               help="Decoding processes (0: decode in the main thread).")
 @click.option("--rows-per-part", default=None, type=click.IntRange(1), help="Rows per Parquet part file.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),

@@ -18,6 +18,7 @@ from extractor.heads import HEAD_KINDS, TrainConfig, train_head
 from extractor.labels import resolve_labels
 from extractor.predict import ImageClassifier, PredictError, Prediction, predict_vectors
 from extractor.store import load_dataset, read_meta
+from extractor.stream import usable_cpus
 from extractor.tf_runtime import import_tensorflow
 
 progress_option = click.option("--progress/--no-progress", default=None,
@@ -80,7 +81,7 @@ def train(emb_dir: str, out_dir: str, labels_spec: str, kind: str, val_fraction:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: path, label, probability, top.")
 @weights_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1, 256),
+@click.option("--workers", default=usable_cpus(), show_default=True, type=click.IntRange(1, 256),
               help="Decoding threads.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1))
 @progress_option
@@ -166,7 +167,7 @@ def export(head_dir: str, out: str, fmt: str, weights: str | None) -> None:
               help="Default: the head's (the same validation images as in training).")
 @click.option("--seed", default=None, type=int, help="Default: the head's.")
 @weights_option
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1, 256),
+@click.option("--workers", default=usable_cpus(), show_default=True, type=click.IntRange(1, 256),
               help="Decoding threads.")
 @progress_option
 def finetune(images_dir: str, out_dir: str, head_dir: str, unfreeze: int, learning_rate: float, epochs: int,

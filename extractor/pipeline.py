@@ -38,7 +38,7 @@ from extractor.store import (
     path_ids,
     read_errors,
 )
-from extractor.stream import WorkerDied, batched, ordered_map
+from extractor.stream import WorkerDied, batched, ordered_map, usable_cpus
 from extractor.tf_runtime import import_tensorflow
 from extractor.timing import Phases
 
@@ -82,7 +82,7 @@ class EmbedJob:
     out_dir: str
     extractor: FeatureExtractor
     batch_size: int = 32
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=usable_cpus)
     rows_per_part: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     prune: bool = False

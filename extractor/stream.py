@@ -5,11 +5,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import os
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from extractor.process_pool import ProcessPool, WorkerDied
 
-__all__ = ["WorkerDied", "batched", "ordered_map"]
+__all__ = ["WorkerDied", "batched", "ordered_map", "usable_cpus"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,3 +77,11 @@ def _process_pool(fn: Callable[[T], R], workers: int) -> ProcessPool[T, R] | Non
     except (OSError, ImportError, NotImplementedError) as exc:
         log.warning("worker processes are not available here (%s): using threads", exc)
         return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), not the whole host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

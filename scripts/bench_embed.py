@@ -124,9 +124,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from extractor.features import FeatureExtractor
+    from extractor.stream import usable_cpus
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alexfeat-bench-"))
-    workers = os.cpu_count() or 1
+    workers = usable_cpus()
     extractor = FeatureExtractor("random", arch="torchvision")
     model = model_rate(extractor, args.batch_size, args.repeats)
     print(f"model only (compiled, batch {args.batch_size}): {model:.1f} images/s on {workers} cores")

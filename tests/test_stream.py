@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,11 @@ def test_when_every_file_kills_its_process_the_system_is_blamed(tmp_path):
         make_photo(tmp_path / f"crash_{i}.jpg", (64, 48), seed=i)
     with pytest.raises(WorkerDied, match="the system, not the files"):
         list(decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), list(discover(tmp_path)), 2, 64))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_default_worker_count_follows_the_cpus_a_container_allows():
+    script = "from extractor.stream import usable_cpus; print(usable_cpus())"
+    one_cpu = lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # noqa: E731  (like `taskset -c`)
+    result = subprocess.run([sys.executable, "-c", script], preexec_fn=one_cpu, capture_output=True, text=True)
+    assert result.stdout.strip() == "1", result.stderr
