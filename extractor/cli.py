@@ -84,9 +84,11 @@ def run() -> None:
         code = 0
     if "tensorflow" not in sys.modules:
         raise SystemExit(code)
-    if not isinstance(code, int):  # click exits with an int or None; anything else is a message, as SystemExit
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # a message, printed as SystemExit would print it
         print(code, file=sys.stderr)
-        code = 1 if code is not None else 0
+        code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -88,6 +88,7 @@ class ImageClassifier:
                     yield next(ranked) if isinstance(item, np.ndarray) else PredictError(path, item.kind, str(item))
                 bar.update(len(chunk))
 
+
 def predict_vectors(head: Any, classes: Sequence[str], vectors: np.ndarray, paths: Sequence[str], top: int = 3,
                     batch_size: int = 4096) -> list[Prediction]:
     """Classify cached L2-normalised embeddings with a head model (embeddings → probabilities)."""

@@ -26,7 +26,7 @@ from extractor.errors import AlexfeatError
 
 T = TypeVar("T")
 R = TypeVar("R")
-_DIED = "worker-died"
+_DIED = object()  # put in a worker's result queue when its pipe ends
 
 
 class WorkerDied(AlexfeatError):
@@ -63,7 +63,7 @@ class Worker(Generic[T, R]):
     def result(self) -> R:
         """The result of the oldest item not yet collected (re-raises what ``fn`` raised)."""
         message = self._results.get()
-        if message == _DIED:
+        if message is _DIED:
             self._results.put(_DIED)  # every later call fails the same way
             raise WorkerDied()
         ok, value = message

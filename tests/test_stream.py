@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,15 @@ def test_default_worker_count_follows_the_cpus_a_container_allows():
     one_cpu = lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # noqa: E731  (like `taskset -c`)
     result = subprocess.run([sys.executable, "-c", script], preexec_fn=one_cpu, capture_output=True, text=True)
     assert result.stdout.strip() == "1", result.stderr
+
+
+def test_stopping_early_ends_the_worker_processes_without_finishing_their_queue():
+    before = set(multiprocessing.active_children())
+    results = ordered_map(time.sleep, [0.0] + [1.0] * 20, workers=2, in_flight=8, processes=True)
+    next(results)  # 7 one-second items are queued or running now: ~3.5 s per worker
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == 2
+    start = time.perf_counter()
+    results.close()  # e.g. the writer failed: the rest is not decoded
+    assert not any(p.is_alive() for p in started)
+    assert time.perf_counter() - start < 2.5  # cancelled, not drained
