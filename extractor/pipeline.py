@@ -3,7 +3,8 @@
 - :func:`extractor.discover.discover` lists the image files;
 - :func:`extractor.resume.plan_resume` decides which are new or changed;
 - :class:`extractor.file_decoder.FileDecoder` reads a file once, hashes it and decodes it, in worker processes
-  (:func:`decode_stream`) so that decoding overlaps TensorFlow's start-up and inference without queueing on the GIL;
+  (:func:`extractor.decode_stream.decode_stream`) so that decoding overlaps TensorFlow's start-up and inference
+  without queueing on the GIL;
 - :class:`extractor.features.FeatureExtractor` embeds batches in one compiled TensorFlow graph;
 - :class:`extractor.store.DatasetWriter` appends atomic Parquet parts and records per-file errors.
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.decode import DEFAULT_MAX_PIXELS
+from extractor.decode_stream import CHUNK_FILES, decode_stream
 from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
 from extractor.file_decoder import Decoded, Failed, FileDecoder
@@ -38,7 +40,7 @@ from extractor.store import (
     path_ids,
     read_errors,
 )
-from extractor.stream import WorkerDied, batched, ordered_map, usable_cpus
+from extractor.stream import batched, usable_cpus
 from extractor.tf_runtime import import_tensorflow
 from extractor.timing import Phases
 
@@ -139,7 +141,7 @@ class EmbedJob:
                model_ready: concurrent.futures.Future) -> None:
         timer = summary.stages
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        in_flight = max(32 * self.batch_size, 4 * DECODE_CHUNK * self.workers)  # ~150 MB of pixels at 32
+        in_flight = max(32 * self.batch_size, 4 * CHUNK_FILES * self.workers)  # ~150 MB of pixels at 32
         decoded = decode_stream(decoder, todo, self.workers, in_flight)
         batches = batched(decoded, self.batch_size)
         with contextlib.closing(decoded), Progress(len(todo), "embed", enabled=self.progress) as progress:
@@ -165,55 +167,6 @@ class EmbedJob:
 
 STARTUP_BUFFER_BYTES = 512 * 2**20
 """Decoded pixels held while TensorFlow starts (~3,400 images at 224 px): enough for its ~5 s on any machine."""
-
-DECODE_CHUNK = 16
-"""Files per task sent to a decode process: few enough messages that a parent busy importing TensorFlow (holding
-the GIL) does not hold them up; a deep queue (``in_flight``) keeps the processes busy meanwhile."""
-
-
-def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
-                  in_flight: int) -> Iterator[Decoded | Failed]:
-    """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), ``in_flight`` ahead.
-
-    A worker that dies (killed by the out-of-memory killer, or a crash in an image library) costs no finished
-    work: the pool restarts, and the files of the chunk that was lost are decoded one per process, so that a file
-    that kills its own process again is recorded as ``crashed`` and the rest are embedded. Close the stream
-    (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
-    if workers <= 0:
-        yield from map(decoder, entries)
-        return
-    yield from _decode_in_processes(decoder, entries, workers, max(2 * workers, in_flight // DECODE_CHUNK),
-                                    DECODE_CHUNK)
-
-
-def _decode_in_processes(decoder: FileDecoder, entries: list[FileEntry], workers: int, ahead: int,
-                         chunk_size: int) -> Iterator[Decoded | Failed]:
-    done = 0
-    while done < len(entries):
-        chunks = ordered_map(decoder.many, batched(entries[done:], chunk_size), workers, ahead, processes=True)
-        try:
-            for chunk in chunks:
-                yield from chunk
-                done += len(chunk)
-        except WorkerDied:
-            lost = entries[done:done + chunk_size]
-            if chunk_size == 1 and workers == 1:  # alone in its process: this file killed it
-                log.warning("decoding %s ended its worker process; recorded as an error", lost[0].path)
-                yield Failed(lost[0], "crashed", "decoding this file ended its worker process (out of memory, or a "
-                             "crash in the image library)", 0.0)
-            else:
-                log.warning("a decode worker process died; decoding %d files one by one to find the cause",
-                            len(lost))
-                alone = list(_decode_in_processes(decoder, lost, 1, 1, 1))
-                if all(isinstance(r, Failed) and r.error == "crashed" for r in alone):
-                    raise WorkerDied(f"all {len(lost)} files of a chunk ended their decode processes one by one: the "
-                                     "system, not the files, is the likely cause (out of memory, or a script "
-                                     "without an `if __name__ == '__main__':` guard); finished work is kept")
-                yield from alone
-            done += len(lost)
-        finally:
-            chunks.close()
-
 
 def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: concurrent.futures.Future,
                           max_bytes: int) -> list[list[Decoded | Failed]]:

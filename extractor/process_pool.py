@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Generic, TypeVar
 
 from extractor.errors import AlexfeatError
@@ -27,6 +28,7 @@ from extractor.errors import AlexfeatError
 T = TypeVar("T")
 R = TypeVar("R")
 _DIED = object()  # put in a worker's result queue when its pipe ends
+_STOP = object()  # put in a worker's task queue by close()
 
 
 class WorkerDied(AlexfeatError):
@@ -50,14 +52,15 @@ class Worker(Generic[T, R]):
         tasks_in.close()  # only the worker holds these ends now: its death closes the pipes
         results_out.close()
         self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=self._drain, args=(results,), name="worker-results", daemon=True).start()
+        self._feeder = threading.Thread(target=self._feed, name="worker-tasks", daemon=True)
+        self._feeder.start()
 
     def submit(self, item: T) -> Worker[T, R]:
-        """Send ``item``; the matching ``result()`` call returns its result (results come back in order)."""
-        try:
-            self._tasks.send(item)
-        except OSError as exc:  # the worker's end is closed: it died
-            raise WorkerDied() from exc
+        """Queue ``item`` for the worker (never blocks); the matching ``result()`` call returns its result
+        (results come back in order)."""
+        self._outbox.put(ForkingPickler.dumps(item))  # pickled here: an item that cannot be raises to the caller
         return self
 
     def result(self) -> R:
@@ -74,17 +77,25 @@ class Worker(Generic[T, R]):
     def close(self, cancel: bool) -> None:
         """Stop the worker: after its queued items, or at once with ``cancel``."""
         if cancel:
-            self.process.terminate()
-        else:
-            try:
-                self._tasks.send(None)
-            except OSError:
-                pass
-        self._tasks.close()
+            self.process.terminate()  # a feeder blocked on the full pipe gets an error and stops
+        self._outbox.put(_STOP)  # after the queued items
+        self._feeder.join(5)
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+
+    def _feed(self) -> None:
+        """Send queued items through the pipe, which holds only ~64 KB: a sender blocked on a busy worker would
+        otherwise hold up the caller, who may have other workers' results to collect."""
+        try:
+            while (data := self._outbox.get()) is not _STOP:
+                self._tasks.send_bytes(data)
+            self._tasks.send(None)  # the worker's signal to stop
+        except OSError:  # the worker died: its result pipe's end reports it
+            return
+        finally:
+            self._tasks.close()
 
     def _drain(self, results: Connection) -> None:
         while True:

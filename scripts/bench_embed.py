@@ -78,9 +78,9 @@ def model_rate(extractor, batch_size: int, repeats: int) -> float:
 
 
 def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
+    from extractor.decode_stream import decode_stream
     from extractor.discover import discover
     from extractor.file_decoder import FileDecoder
-    from extractor.pipeline import decode_stream
 
     entries = list(discover(folder))
     decoder = FileDecoder(resize)

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from extractor.decode import ResizeSpec
+from extractor.decode_stream import CRASHES_IN_A_ROW, chunks, decode_stream
 from extractor.discover import FileEntry, discover
 from extractor.errors import AlexfeatError
 from extractor.file_decoder import Decoded, Failed, FileDecoder
-from extractor.pipeline import decode_stream, decoded_while_waiting
+from extractor.pipeline import decoded_while_waiting
+from extractor.process_pool import ProcessPool
 from extractor.stream import WorkerDied, batched, ordered_map
 from tests.imagefiles import make_photo
 
@@ -87,6 +89,56 @@ def test_a_file_that_kills_its_decode_process_is_recorded_and_the_rest_decode(tm
     assert crashed == ["crash_a.jpg", "crash_b.jpg"]
     assert all(r.error == "crashed" for r in results if isinstance(r, Failed))
     assert sum(isinstance(r, Decoded) for r in results) == 38
+
+
+def test_a_crashing_file_after_the_others_is_recorded_not_blamed_on_the_system(tmp_path):
+    for i in range(3):
+        make_photo(tmp_path / f"a_{i}.jpg", (64, 48), seed=i)
+    make_photo(tmp_path / "crash.jpg", (64, 48), seed=9)  # last, and alone in its chunk of one file
+    results = list(decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), list(discover(tmp_path)), 2, 64))
+    assert [type(r).__name__ for r in results] == ["Decoded"] * 3 + ["Failed"]
+    assert results[-1].error == "crashed"
+
+
+def test_files_crashing_one_after_another_blame_the_system_without_recording_them(tmp_path):
+    make_photo(tmp_path / "a_ok.jpg", (64, 48), seed=0)
+    for i in range(CRASHES_IN_A_ROW):
+        make_photo(tmp_path / f"crash_{i}.jpg", (64, 48), seed=i)
+    make_photo(tmp_path / "z_ok.jpg", (64, 48), seed=1)
+    seen = []
+    with pytest.raises(WorkerDied, match=f"{CRASHES_IN_A_ROW} files in a row"):
+        for result in decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), list(discover(tmp_path)), 2, 64):
+            seen.append(result)
+    assert [r.entry.path for r in seen] == ["a_ok.jpg"]  # none of the crashes was passed on as the files' fault
+
+
+def test_chunks_hold_many_small_files_and_a_large_file_alone():
+    def entry(name: str, size: int) -> FileEntry:
+        return FileEntry(path=name, abs_path=name, size=size, mtime_ns=0)
+
+    small = [entry(f"s{i}", 50_000) for i in range(40)]
+    large = [entry(f"l{i}", 5_000_000) for i in range(3)]
+    sizes = [[e.path for e in chunk] for chunk in chunks(small[:20] + large + small[20:], 16, 4 * 2**20)]
+    assert [len(c) for c in sizes] == [16, 4, 1, 1, 1, 16, 4]
+    assert sum(sizes, []) == [e.path for e in small[:20] + large + small[20:]]  # every file once, in order
+    assert chunks([], 16, 100) == []
+
+
+def _sleep_then_len(item: bytes) -> int:
+    time.sleep(1.0)
+    return len(item)
+
+
+def test_submitting_to_a_busy_worker_never_blocks_the_caller():
+    pool = ProcessPool(_sleep_then_len, 1)
+    try:
+        start = time.perf_counter()
+        for _ in range(20):  # 1.3 MB of items for ~20 s of work: far more than a pipe holds (64 KB)
+            pool.submit(b"x" * 65536)
+        assert time.perf_counter() - start < 5.0
+        assert pool.workers[0].result() == 65536
+    finally:
+        pool.close(cancel=True)
 
 
 def test_when_every_file_kills_its_process_the_system_is_blamed(tmp_path):

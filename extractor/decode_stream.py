@@ -1,0 +1,110 @@
+"""The embed job's decode stage at scale: files decoded in worker processes, in order, surviving worker deaths.
+
+Files travel to the workers in chunks bounded by count and by bytes (:func:`chunks`): small photos go 16 to a
+message, so that a parent busy importing TensorFlow keeps up with few messages; a large photo goes alone, so the
+last chunks of a job end together and no core waits on another's long chunk.
+
+A worker that dies (the out-of-memory killer, a crash in an image library) costs no finished work: the files of
+the chunk it lost are decoded again one per process, a file that kills its process again is recorded as
+``crashed``, and the rest go on. When files keep "crashing" one after another with nothing decoded in between,
+the cause is the system, not the files: the stream stops with :class:`WorkerDied` instead of recording them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from extractor.discover import FileEntry
+from extractor.file_decoder import Decoded, Failed, FileDecoder
+from extractor.stream import WorkerDied, ordered_map
+
+log = logging.getLogger(__name__)
+
+CHUNK_FILES = 16
+"""Most files per message to a decode process."""
+
+CHUNK_BYTES = 4 * 2**20
+"""Most bytes of files per message (a chunk holds at least one file): about 50 ms of decoding for JPEG photos."""
+
+CRASHES_IN_A_ROW = 8
+"""Files in a row that each end a fresh decode process before the system, not the files, is blamed."""
+
+
+def chunks(entries: list[FileEntry], max_files: int = CHUNK_FILES,
+           max_bytes: int = CHUNK_BYTES) -> list[list[FileEntry]]:
+    """Consecutive runs of ``entries`` of at most ``max_files`` files and ``max_bytes`` bytes (or one file)."""
+    out: list[list[FileEntry]] = []
+    current: list[FileEntry] = []
+    held = 0
+    for entry in entries:
+        if current and (len(current) == max_files or held + entry.size > max_bytes):
+            out.append(current)
+            current, held = [], 0
+        current.append(entry)
+        held += entry.size
+    if current:
+        out.append(current)
+    return out
+
+
+def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
+                  in_flight: int) -> Iterator[Decoded | Failed]:
+    """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), about ``in_flight``
+    files ahead. Close the stream (``contextlib.closing``) when stopping early: that cancels the chunks not yet
+    started."""
+    if workers <= 0:
+        yield from map(decoder, entries)
+        return
+    work = chunks(entries)
+    ahead = max(2 * workers, in_flight * len(work) // max(len(entries), 1))
+    yield from _blaming_the_system(_decode_in_processes(decoder, work, workers, ahead))
+
+
+def _decode_in_processes(decoder: FileDecoder, work: list[list[FileEntry]], workers: int,
+                         ahead: int) -> Iterator[Decoded | Failed]:
+    done = 0
+    while done < len(work):
+        results = ordered_map(decoder.many, work[done:], workers, ahead, processes=True)
+        try:
+            for chunk in results:
+                yield from chunk
+                done += 1
+        except WorkerDied:
+            lost = work[done]
+            if len(lost) == 1 and workers == 1:  # alone in a fresh process: this file ended it
+                log.warning("decoding %s ended its worker process", lost[0].path)
+                yield Failed(lost[0], "crashed", "decoding this file ended its worker process (out of memory, or a "
+                             "crash in the image library)", 0.0)
+            else:
+                log.warning("a decode worker process died; decoding its %d files one per process", len(lost))
+                yield from _decode_in_processes(decoder, [[entry] for entry in lost], 1, 1)
+            done += 1
+        finally:
+            results.close()
+
+
+def _blaming_the_system(results: Iterator[Decoded | Failed]) -> Iterator[Decoded | Failed]:
+    """Pass ``results`` on, holding back ``crashed`` ones until a file decodes (or fails otherwise) after them;
+    raise ``WorkerDied`` when ``CRASHES_IN_A_ROW`` are held, or when nothing but crashes came at all."""
+    held: list[Failed] = []
+    settled = False  # a result other than a crash has come
+    for result in results:
+        if isinstance(result, Failed) and result.error == "crashed":
+            held.append(result)
+            if len(held) >= CRASHES_IN_A_ROW:
+                raise _system_blamed(len(held))
+            continue
+        settled = True
+        yield from held
+        held.clear()
+        yield result
+    if held and not settled:
+        raise _system_blamed(len(held))
+    yield from held
+
+
+def _system_blamed(count: int) -> WorkerDied:
+    return WorkerDied(f"{count} files in a row ended their decode processes one by one: the system, not the files, "
+                      "is the likely cause (out of memory, or a script without an `if __name__ == '__main__':` "
+                      "guard); finished work is kept")
