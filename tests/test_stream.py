@@ -141,6 +141,19 @@ def test_submitting_to_a_busy_worker_never_blocks_the_caller():
         pool.close(cancel=True)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are a Linux setting")
+def test_result_pipes_are_widened_so_a_large_result_moves_in_few_reads():
+    import fcntl
+
+    from extractor.process_pool import PIPE_BYTES, _widen
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    _widen(reader)
+    assert fcntl.fcntl(reader.fileno(), 1032) == PIPE_BYTES  # F_GETPIPE_SZ
+    reader.close()
+    writer.close()
+
+
 def test_when_every_file_kills_its_process_the_system_is_blamed(tmp_path):
     for i in range(3):
         make_photo(tmp_path / f"crash_{i}.jpg", (64, 48), seed=i)
