@@ -13,7 +13,7 @@ the cause is the system, not the files: the stream stops with :class:`WorkerDied
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from extractor.discover import FileEntry
 from extractor.file_decoder import Decoded, Failed, FileDecoder
@@ -31,55 +31,54 @@ CRASHES_IN_A_ROW = 8
 """Files in a row that each end a fresh decode process before the system, not the files, is blamed."""
 
 
-def chunks(entries: list[FileEntry], max_files: int = CHUNK_FILES,
-           max_bytes: int = CHUNK_BYTES) -> list[list[FileEntry]]:
-    """Consecutive runs of ``entries`` of at most ``max_files`` files and ``max_bytes`` bytes (or one file)."""
-    out: list[list[FileEntry]] = []
+def chunks(entries: Sequence[FileEntry], start: int = 0, max_files: int = CHUNK_FILES,
+           max_bytes: int = CHUNK_BYTES) -> Iterator[list[FileEntry]]:
+    """Consecutive runs of ``entries[start:]`` of at most ``max_files`` files and ``max_bytes`` bytes (or one
+    file), made as they are asked for."""
     current: list[FileEntry] = []
     held = 0
-    for entry in entries:
+    for i in range(start, len(entries)):
+        entry = entries[i]
         if current and (len(current) == max_files or held + entry.size > max_bytes):
-            out.append(current)
+            yield current
             current, held = [], 0
         current.append(entry)
         held += entry.size
     if current:
-        out.append(current)
-    return out
+        yield current
 
 
-def decode_stream(decoder: FileDecoder, entries: list[FileEntry], workers: int,
+def decode_stream(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int,
                   in_flight: int) -> Iterator[Decoded | Failed]:
     """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), about ``in_flight``
-    files ahead. Close the stream (``contextlib.closing``) when stopping early: that cancels the chunks not yet
-    started."""
+    files ahead (fewer when files are large). Close the stream (``contextlib.closing``) when stopping early: that
+    cancels the chunks not yet started."""
     if workers <= 0:
         yield from map(decoder, entries)
         return
-    work = chunks(entries)
-    ahead = max(2 * workers, in_flight * len(work) // max(len(entries), 1))
-    yield from _blaming_the_system(_decode_in_processes(decoder, work, workers, ahead))
+    ahead = max(2 * workers, in_flight // CHUNK_FILES)
+    yield from _blaming_the_system(_decode_in_processes(decoder, entries, workers, ahead, CHUNK_FILES))
 
 
-def _decode_in_processes(decoder: FileDecoder, work: list[list[FileEntry]], workers: int,
-                         ahead: int) -> Iterator[Decoded | Failed]:
-    done = 0
-    while done < len(work):
-        results = ordered_map(decoder.many, work[done:], workers, ahead, processes=True)
+def _decode_in_processes(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int, ahead: int,
+                         max_files: int) -> Iterator[Decoded | Failed]:
+    done = 0  # files passed on
+    while done < len(entries):
+        results = ordered_map(decoder.many, chunks(entries, done, max_files), workers, ahead, processes=True)
         try:
             for chunk in results:
                 yield from chunk
-                done += 1
+                done += len(chunk)
         except WorkerDied:
-            lost = work[done]
+            lost = next(chunks(entries, done, max_files))
             if len(lost) == 1 and workers == 1:  # alone in a fresh process: this file ended it
                 log.warning("decoding %s ended its worker process", lost[0].path)
                 yield Failed(lost[0], "crashed", "decoding this file ended its worker process (out of memory, or a "
                              "crash in the image library)", 0.0)
             else:
                 log.warning("a decode worker process died; decoding its %d files one per process", len(lost))
-                yield from _decode_in_processes(decoder, [[entry] for entry in lost], 1, 1)
-            done += 1
+                yield from _decode_in_processes(decoder, lost, 1, 1, 1)
+            done += len(lost)
         finally:
             results.close()
 

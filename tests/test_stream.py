@@ -118,10 +118,12 @@ def test_chunks_hold_many_small_files_and_a_large_file_alone():
 
     small = [entry(f"s{i}", 50_000) for i in range(40)]
     large = [entry(f"l{i}", 5_000_000) for i in range(3)]
-    sizes = [[e.path for e in chunk] for chunk in chunks(small[:20] + large + small[20:], 16, 4 * 2**20)]
-    assert [len(c) for c in sizes] == [16, 4, 1, 1, 1, 16, 4]
-    assert sum(sizes, []) == [e.path for e in small[:20] + large + small[20:]]  # every file once, in order
-    assert chunks([], 16, 100) == []
+    files = small[:20] + large + small[20:]
+    runs = [[e.path for e in chunk] for chunk in chunks(files, 0, 16, 4 * 2**20)]
+    assert [len(run) for run in runs] == [16, 4, 1, 1, 1, 16, 4]
+    assert sum(runs, []) == [e.path for e in files]  # every file once, in order
+    assert [len(run) for run in chunks(files, 21, 16, 4 * 2**20)] == [1, 1, 16, 4]  # resumed from a position
+    assert list(chunks([], 0, 16, 100)) == []
 
 
 def _sleep_then_len(item: bytes) -> int:
