@@ -1,6 +1,7 @@
 """Benchmark ``alexfeat embed`` end to end against the bound its two stages imply on this machine.
 
     python scripts/bench_embed.py [--small 1000,3000] [--large 200,600] [--repeats 3] [--workdir DIR]
+                                  [--reference-python PYTHON_WITH_TORCH]
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
 measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights):
@@ -14,7 +15,8 @@ measures in the same run, with ``--arch torchvision --weights random`` (speed do
 
 TensorFlow's import (~3 s of one core) is a fixed cost, so the whole-command ratio grows with the set size.
 Each row also gives that cost as the whole command's seconds beyond the bound (``extra s``), and the set size
-from which the ratio reaches 0.90 with that cost (``0.90 from``: 9 x extra x bound).
+from which the ratio reaches 0.90 with that cost (``0.90 from``: 9 x extra x bound). With ``--reference-python``,
+the plain PyTorch pipeline of ``torch_reference.py`` runs on the same sets, interleaved, as the baseline to beat.
 """
 
 from __future__ import annotations
@@ -109,6 +111,14 @@ def embed_rate(folder: Path, count: int, out: Path, batch_size: int, repeats: in
     return statistics.median(rates), count / statistics.median(job_rates)
 
 
+def reference_rate(python: str, folder: Path, batch_size: int, workers: int, repeats: int) -> float:
+    """Median images/s of the plain PyTorch pipeline (``torch_reference.py``) run by ``python``, whole run."""
+    cmd = [python, str(Path(__file__).with_name("torch_reference.py")), str(folder), "--batch-size", str(batch_size),
+           "--workers", str(workers)]
+    return statistics.median(float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+                             for _ in range(repeats))
+
+
 def counts(text: str) -> list[int]:
     """``"1000,3000"`` → ``[1000, 3000]`` (zeros dropped)."""
     return [n for n in (int(part) for part in text.split(",")) if n > 0]
@@ -121,6 +131,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
+    parser.add_argument("--reference-python", default=None, metavar="PYTHON",
+                        help="a Python with torch, numpy and Pillow: also time scripts/torch_reference.py, the plain "
+                             "PyTorch pipeline, on each set (whole run, same decode processes)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -135,7 +148,8 @@ def main() -> None:
     model = model_rate(extractor, args.batch_size, args.repeats)
     print(f"model only (compiled, batch {args.batch_size}): {model:.1f} images/s on {workers} cores")
     print(f"{'set':<6} {'size':>10} {'n':>5} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} {'embed/bound':>11} "
-          f"{'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}")
+          f"{'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
+          + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else ""))
     for name, sizes in (("small", args.small), ("large", args.large)):
         decode = None
         for count in sizes:
@@ -146,9 +160,13 @@ def main() -> None:
             end_to_end, job = embed_rate(folder, count, workdir / f"emb-{name}", args.batch_size, args.repeats)
             width, height = SETS[name]
             extra = count / end_to_end - count / bound  # seconds the whole command takes beyond the bound
+            reference = ""
+            if args.reference_python:
+                torch_rate = reference_rate(args.reference_python, folder, args.batch_size, workers, args.repeats)
+                reference = f" {torch_rate:>8.1f} {end_to_end / torch_rate:>11.2f}"
             print(f"{name:<6} {width:>5}x{height:<4} {count:>5} {decode:>9.1f} {bound:>8.1f} {end_to_end:>8.1f} "
                   f"{end_to_end / bound:>11.2f} {job:>7.1f} {job / bound:>9.2f} {extra:>8.1f} "
-                  f"{max(0.0, 9 * extra * bound):>9.0f}", flush=True)
+                  f"{max(0.0, 9 * extra * bound):>9.0f}{reference}", flush=True)
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
