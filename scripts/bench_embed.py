@@ -4,14 +4,15 @@
                                   [--reference-python PYTHON_WITH_TORCH]
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
-measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights):
+measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights),
+each repeat back to back (model, decode, whole command, reference), ratios per repeat, then medians:
 - model-only images/s (the compiled inference path on uint8 batches);
 - decode-only images/s (read + sha256 + decode + resize in the embed job's decode processes, one per core,
-  from the first result on);
+  from the first result on, over the set's first files up to 400 MB);
 - the bound when both share the CPU: 1 / (1/model + 1/decode);
 - end-to-end images/s of the whole ``alexfeat embed`` command (wall time, start-up included), and its ratio
   to the bound; and the job alone (the summary's wall time: TensorFlow's import and the model build are in it,
-  overlapped with decoding; Python and CLI start-up are not). Medians over ``--repeats``.
+  overlapped with decoding; Python and CLI start-up are not).
 
 TensorFlow's import (~3 s of one core) is a fixed cost, so the whole-command ratio grows with the set size.
 Each row also gives that cost as the whole command's seconds beyond the bound (``extra s``), and the set size
@@ -67,56 +68,77 @@ def make_set(workdir: Path, name: str, count: int) -> Path:
     return folder
 
 
-def model_rate(extractor, batch_size: int, repeats: int) -> float:
+def model_rate(extractor, batch_size: int, batches: int = 8) -> float:
+    """Images/s of the compiled inference path on uint8 batches (after one untimed batch)."""
     size = extractor.spec.input_size
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
     extractor(batch)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(4):
-            extractor(batch)
-        rates.append(4 * batch_size / (time.perf_counter() - start))
-    return statistics.median(rates)
+    start = time.perf_counter()
+    for _ in range(batches):
+        extractor(batch)
+    return batches * batch_size / (time.perf_counter() - start)
 
 
-def decode_rate(folder: Path, resize, workers: int, repeats: int) -> float:
+def decode_rate(entries: list, resize, workers: int) -> float:
+    """Files/s of the embed job's decode processes over ``entries``, from the first result on (worker start-up is
+    the job's, not the stage's)."""
     from extractor.decode_stream import decode_stream
-    from extractor.discover import discover
     from extractor.file_decoder import FileDecoder
 
-    entries = list(discover(folder))
-    decoder = FileDecoder(resize)
-    rates = []
-    for _ in range(repeats):
-        results = decode_stream(decoder, entries, workers, 1024)
-        next(results)  # steady state: from the first result on (worker start-up is the job's, not the stage's)
-        start = time.perf_counter()
-        count = sum(1 for _ in results)
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+    results = decode_stream(FileDecoder(resize), entries, workers, 1024)
+    next(results)
+    start = time.perf_counter()
+    count = sum(1 for _ in results)
+    return count / (time.perf_counter() - start)
 
 
-def embed_rate(folder: Path, count: int, out: Path, batch_size: int, repeats: int) -> tuple[float, float]:
-    """Median images/s of the whole command, and of its job alone (the summary's wall time)."""
+def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
+    """The first files of ``folder`` up to ``max_bytes`` (at least 64): a few seconds of decoding."""
+    from extractor.discover import discover
+
+    sample, held = [], 0
+    for entry in discover(folder):
+        if len(sample) >= 64 and held + entry.size > max_bytes:
+            break
+        sample.append(entry)
+        held += entry.size
+    return sample
+
+
+def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
+    """Seconds of the whole ``alexfeat embed`` command, and of its job alone (the summary's wall time)."""
     cmd = [sys.executable, "-m", "extractor.cli", "embed", str(folder), "-o", str(out), "--arch", "torchvision",
            "--weights", "random", "--batch-size", str(batch_size), "--no-progress"]
-    rates, job_rates = [], []
-    for _ in range(repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
-        output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rates.append(count / (time.perf_counter() - start))
-        job_rates.append(float(re.search(r"wall ([0-9.]+)s", output).group(1)))
-    return statistics.median(rates), count / statistics.median(job_rates)
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return time.perf_counter() - start, float(re.search(r"wall ([0-9.]+)s", output).group(1))
 
 
-def reference_rate(python: str, folder: Path, batch_size: int, workers: int, repeats: int) -> float:
-    """Median images/s of the plain PyTorch pipeline (``torch_reference.py``) run by ``python``, whole run."""
+def reference_once(python: str, folder: Path, batch_size: int, workers: int) -> float:
+    """Images/s of the plain PyTorch pipeline (``torch_reference.py``) run by ``python``, whole run."""
     cmd = [python, str(Path(__file__).with_name("torch_reference.py")), str(folder), "--batch-size", str(batch_size),
            "--workers", str(workers)]
-    return statistics.median(float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
-                             for _ in range(repeats))
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) -> dict[str, float]:
+    """One row: each repeat measures model, decode, the whole command and the reference back to back, so that a
+    machine whose speed drifts (shared CPUs) moves the baseline and the result together; ratios are taken per
+    repeat, then medians."""
+    sample = decode_sample(folder)
+    rows = []
+    for _ in range(args.repeats):
+        model, decode = model_rate(extractor, args.batch_size), decode_rate(sample, extractor.resize_spec, workers)
+        bound = 1.0 / (1.0 / model + 1.0 / decode)
+        whole, job = embed_once(folder, out, args.batch_size)
+        row = {"model": model, "decode": decode, "bound": bound, "embed": count / whole, "job": count / job,
+               "ratio": count / whole / bound, "job_ratio": count / job / bound, "extra": whole - count / bound}
+        if args.reference_python:
+            row["torch"] = reference_once(args.reference_python, folder, args.batch_size, workers)
+            row["vs_torch"] = row["embed"] / row["torch"]
+        rows.append(row)
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
 def counts(text: str) -> list[int]:
@@ -145,28 +167,19 @@ def main() -> None:
     workers = usable_cpus()
     import_tensorflow()
     extractor = FeatureExtractor("random", arch="torchvision")
-    model = model_rate(extractor, args.batch_size, args.repeats)
-    print(f"model only (compiled, batch {args.batch_size}): {model:.1f} images/s on {workers} cores")
-    print(f"{'set':<6} {'size':>10} {'n':>5} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} {'embed/bound':>11} "
-          f"{'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
+    print(f"batch {args.batch_size}, {workers} cores, medians of {args.repeats} repeats (ratios per repeat)")
+    print(f"{'set':<6} {'size':>10} {'n':>5} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} "
+          f"{'embed/bound':>11} {'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
           + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else ""))
     for name, sizes in (("small", args.small), ("large", args.large)):
-        decode = None
         for count in sizes:
             folder = make_set(workdir, name, count)
-            if decode is None:  # a stage's steady rate does not depend on the set size: measured once per set
-                decode = decode_rate(folder, extractor.resize_spec, workers, args.repeats)
-                bound = 1.0 / (1.0 / model + 1.0 / decode)
-            end_to_end, job = embed_rate(folder, count, workdir / f"emb-{name}", args.batch_size, args.repeats)
+            r = measure(extractor, folder, count, workdir / f"emb-{name}", args, workers)
             width, height = SETS[name]
-            extra = count / end_to_end - count / bound  # seconds the whole command takes beyond the bound
-            reference = ""
-            if args.reference_python:
-                torch_rate = reference_rate(args.reference_python, folder, args.batch_size, workers, args.repeats)
-                reference = f" {torch_rate:>8.1f} {end_to_end / torch_rate:>11.2f}"
-            print(f"{name:<6} {width:>5}x{height:<4} {count:>5} {decode:>9.1f} {bound:>8.1f} {end_to_end:>8.1f} "
-                  f"{end_to_end / bound:>11.2f} {job:>7.1f} {job / bound:>9.2f} {extra:>8.1f} "
-                  f"{max(0.0, 9 * extra * bound):>9.0f}{reference}", flush=True)
+            reference = f" {r['torch']:>8.1f} {r['vs_torch']:>11.2f}" if args.reference_python else ""
+            print(f"{name:<6} {width:>5}x{height:<4} {count:>5} {r['model']:>8.1f} {r['decode']:>9.1f} "
+                  f"{r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} {r['job']:>7.1f} {r['job_ratio']:>9.2f} "
+                  f"{r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f}{reference}", flush=True)
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
