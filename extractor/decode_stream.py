@@ -85,7 +85,8 @@ def _decode_in_processes(decoder: FileDecoder, entries: Sequence[FileEntry], wor
 
 def _blaming_the_system(results: Iterator[Decoded | Failed]) -> Iterator[Decoded | Failed]:
     """Pass ``results`` on, holding back ``crashed`` ones until a file decodes (or fails otherwise) after them;
-    raise ``WorkerDied`` when ``CRASHES_IN_A_ROW`` are held, or when nothing but crashes came at all."""
+    raise ``WorkerDied`` when ``CRASHES_IN_A_ROW`` are held, or when nothing but crashes came at all (two or
+    more: a job of one file that crashes records it)."""
     held: list[Failed] = []
     settled = False  # a result other than a crash has come
     for result in results:
@@ -98,7 +99,7 @@ def _blaming_the_system(results: Iterator[Decoded | Failed]) -> Iterator[Decoded
         yield from held
         held.clear()
         yield result
-    if held and not settled:
+    if len(held) > 1 and not settled:
         raise _system_blamed(len(held))
     yield from held
 

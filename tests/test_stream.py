@@ -100,6 +100,12 @@ def test_a_crashing_file_after_the_others_is_recorded_not_blamed_on_the_system(t
     assert results[-1].error == "crashed"
 
 
+def test_a_job_of_one_crashing_file_records_it(tmp_path):
+    make_photo(tmp_path / "crash.jpg", (64, 48), seed=0)
+    [result] = decode_stream(CrashingDecoder(ResizeSpec.parse("squash227")), list(discover(tmp_path)), 2, 64)
+    assert isinstance(result, Failed) and result.error == "crashed"
+
+
 def test_files_crashing_one_after_another_blame_the_system_without_recording_them(tmp_path):
     make_photo(tmp_path / "a_ok.jpg", (64, 48), seed=0)
     for i in range(CRASHES_IN_A_ROW):
