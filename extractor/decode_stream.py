@@ -51,12 +51,12 @@ def chunks(entries: Sequence[FileEntry], start: int = 0, max_files: int = CHUNK_
 def decode_stream(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int,
                   in_flight: int) -> Iterator[Decoded | Failed]:
     """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), about ``in_flight``
-    files ahead (fewer when files are large). Close the stream (``contextlib.closing``) when stopping early: that
-    cancels the chunks not yet started."""
+    files ahead (fewer when files are large; at least four chunks per worker). Close the stream
+    (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
     if workers <= 0:
         yield from map(decoder, entries)
         return
-    ahead = max(2 * workers, in_flight // CHUNK_FILES)
+    ahead = max(4 * workers, in_flight // CHUNK_FILES)
     yield from _blaming_the_system(_decode_in_processes(decoder, entries, workers, ahead, CHUNK_FILES))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.decode import DEFAULT_MAX_PIXELS
-from extractor.decode_stream import CHUNK_FILES, decode_stream
+from extractor.decode_stream import decode_stream
 from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
 from extractor.file_decoder import Decoded, Failed, FileDecoder
@@ -141,8 +141,7 @@ class EmbedJob:
                model_ready: concurrent.futures.Future) -> None:
         timer = summary.stages
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        in_flight = max(32 * self.batch_size, 4 * CHUNK_FILES * self.workers)  # ~150 MB of pixels at 32
-        decoded = decode_stream(decoder, todo, self.workers, in_flight)
+        decoded = decode_stream(decoder, todo, self.workers, in_flight=32 * self.batch_size)  # ~150 MB at 32
         batches = batched(decoded, self.batch_size)
         with contextlib.closing(decoded), Progress(len(todo), "embed", enabled=self.progress) as progress:
             early = decoded_while_waiting(batches, model_ready, STARTUP_BUFFER_BYTES)
@@ -167,6 +166,7 @@ class EmbedJob:
 
 STARTUP_BUFFER_BYTES = 512 * 2**20
 """Decoded pixels held while TensorFlow starts (~3,400 images at 224 px): enough for its ~5 s on any machine."""
+
 
 def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: concurrent.futures.Future,
                           max_bytes: int) -> list[list[Decoded | Failed]]:
