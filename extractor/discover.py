@@ -2,15 +2,21 @@
 
 Files are chosen by extension only (``IMAGE_EXTENSIONS``, any case); their content decides later whether they are
 images (``extractor.decode``). Other files are ignored, not errors.
+
+Relative paths are stored as UTF-8 (Parquet strings): a name whose bytes are not UTF-8 (a Latin-1 name copied
+from an old disk) keeps its real path for reading, and is stored with those bytes written as ``\\xNN``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from extractor.errors import AlexfeatError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -19,7 +25,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", "
 class FileEntry:
     """One candidate image file, with the size and modification time used to detect changes."""
 
-    path: str  # relative to the root, '/'-separated
+    path: str  # relative to the root, '/'-separated, UTF-8 (see ``stored_name``)
     abs_path: str
     size: int
     mtime_ns: int
@@ -90,15 +96,32 @@ def _list_dir(abs_dir: str, rel_prefix: str) -> list[tuple[str, str, bool]]:
             name = entry.name
             if name.startswith("."):
                 continue
+            stored = stored_name(name)
             try:
                 if entry.is_dir():  # follows links; False for broken links
-                    children.append((name + "/", rel_prefix + name, entry.path, True))
+                    children.append((stored + "/", rel_prefix + stored, entry.path, True))
                 elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                    children.append((name, rel_prefix + name, entry.path, False))
+                    children.append((stored, rel_prefix + stored, entry.path, False))
             except OSError:
                 continue  # cannot even tell what it is: treat like a broken link
     children.sort()
-    return [(rel, abs_path, is_dir) for _, rel, abs_path, is_dir in children]
+    unique = []
+    for child in children:
+        if unique and child[0] == unique[-1][0]:  # a literal backslash-escape name beside the undecodable one
+            log.warning("skipping %r: its name is stored as %r, like %r's", child[2], child[1], unique[-1][2])
+            continue
+        unique.append(child)
+    return [(rel, abs_path, is_dir) for _, rel, abs_path, is_dir in unique]
+
+
+def stored_name(name: str) -> str:
+    """``name`` as the dataset stores it (UTF-8): unchanged, or, when the file system's bytes are not UTF-8
+    (Python holds them as surrogate escapes), with each such byte written as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
 
 
 def label_of(rel_path: str) -> str | None:

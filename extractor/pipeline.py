@@ -102,8 +102,9 @@ class EmbedJob:
         timer = summary.stages
         with open_for_writing(self.out_dir, self.metadata(), overwrite=self.overwrite,
                               rows_per_part=self.rows_per_part) as writer:
+            unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
-                entries = list(discover(self.images_dir))
+                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -111,6 +112,8 @@ class EmbedJob:
             summary.dropped = len(plan.drop_ids)
             with timer("write"):
                 apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
+                writer.add_errors(unlisted)
+            summary.errors += len(unlisted)
             if plan.to_embed:  # an up-to-date dataset never loads TensorFlow
                 self._embed_while_warming_up(plan.to_embed, writer, summary)
             with timer("write"):
@@ -181,6 +184,12 @@ def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: conc
         early.append(batch)
         held += sum(r.pixels.nbytes for r in batch if isinstance(r, Decoded))
     return early
+
+
+def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
+    """The error record of a folder that could not be listed (or a file that could not be stat'ed)."""
+    log.warning("skipping %s: %s", rel_path, exc.strerror or exc)
+    return ErrorRecord(rel_path, "unreadable", f"cannot list or stat it: {exc.strerror or exc}")
 
 
 def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:

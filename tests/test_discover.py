@@ -79,6 +79,37 @@ def test_unicode_and_spaces_in_names(tmp_path: Path) -> None:
     assert all(Path(e.abs_path).is_file() for e in entries)
 
 
+def _make_bytes_name(folder: Path, name: bytes) -> str:
+    """Create a file whose name is raw bytes; skip where the file system insists on UTF-8 names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as fh:
+            fh.write(b"x")
+    except (OSError, ValueError) as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")
+    return os.fsdecode(name)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
+def test_names_that_are_not_utf8_are_stored_escaped_and_still_read(tmp_path: Path) -> None:
+    _make_bytes_name(tmp_path, b"caf\xe9.jpg")  # Latin-1, as copied from an old disk
+    _make_bytes_name(tmp_path / os.fsdecode(b"\xc9t\xe9"), b"x.jpg")
+    entries = list(discover(tmp_path))
+    assert [e.path for e in entries] == ["\\xc9t\\xe9/x.jpg", "caf\\xe9.jpg"]  # code-point order, as stored
+    assert all(e.path.encode("utf-8") for e in entries)  # storable as Parquet strings
+    assert all(Path(e.abs_path).read_bytes() == b"x" for e in entries)  # the real file behind each
+    assert label_of(entries[0].path) == "\\xc9t\\xe9"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
+def test_a_name_spelling_the_escape_of_another_is_listed_once(tmp_path: Path, caplog) -> None:
+    _make_bytes_name(tmp_path, b"caf\xe9.jpg")
+    _touch(tmp_path, "caf\\xe9.jpg")  # literally a backslash, x, e, 9
+    entries = list(discover(tmp_path))
+    assert [e.path for e in entries] == ["caf\\xe9.jpg"]  # never two rows with one path (and one id)
+    assert "stored as" in caplog.text
+
+
 def test_symlink_loops_terminate_and_list_each_file_once(tmp_path: Path) -> None:
     _touch(tmp_path, "a/x.jpg", "a/b/y.jpg")
     os.symlink("..", tmp_path / "a" / "b" / "up")  # back to a/
