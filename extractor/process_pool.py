@@ -146,22 +146,42 @@ def _widen(connection: Connection) -> None:
         pass
 
 
+RESULTS_AHEAD = 4
+"""Results a worker may hold while its pipe is full: it goes on working while the caller is slow to read (a caller
+importing TensorFlow holds the GIL for up to ~0.5 s at a time, while loading its libraries)."""
+
+
 def _serve(fn: Callable[[Any], Any], tasks: Connection, results: Connection, parent_pid: int) -> None:
-    """The worker's loop: items in, ``(ok, result or exception)`` out, until ``None`` or the end of the pipe."""
+    """The worker's loop: items in, ``(ok, result or exception)`` out through a sender thread, until ``None`` or the
+    end of the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(10)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
+    outbox: queue.Queue[Any] = queue.Queue(RESULTS_AHEAD)
+    sender = threading.Thread(target=_send, args=(outbox, results), name="send-results", daemon=True)
+    sender.start()
     while True:
         try:
             item = tasks.recv()
         except EOFError:
-            return
+            break
         if item is None:
-            return
+            break
         try:
-            results.send((True, fn(item)))
+            outbox.put((True, fn(item)))
         except Exception as exc:
-            results.send((False, exc))
+            outbox.put((False, exc))
+    outbox.put(_STOP)
+    sender.join()
+
+
+def _send(outbox: queue.Queue[Any], results: Connection) -> None:
+    """Send the worker's results in order; a caller gone (closed pipe) ends the worker."""
+    while (message := outbox.get()) is not _STOP:
+        try:
+            results.send(message)
+        except OSError:
+            os._exit(1)
 
 
 def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
