@@ -149,6 +149,35 @@ def test_submitting_to_a_busy_worker_never_blocks_the_caller():
         pool.close(cancel=True)
 
 
+def _mark_then_big_result(item: tuple[str, int]) -> bytes:
+    folder, index = item
+    Path(folder, f"started-{index}").touch()
+    return bytes(2**21)  # 2 MB: far more than a pipe holds
+
+
+def test_a_worker_keeps_working_while_its_caller_is_too_busy_to_read(tmp_path):
+    from extractor.process_pool import RESULTS_AHEAD, _serve
+
+    context = multiprocessing.get_context("spawn")
+    tasks_in, tasks = context.Pipe(duplex=False)
+    results, results_out = context.Pipe(duplex=False)
+    worker = context.Process(target=_serve, args=(_mark_then_big_result, tasks_in, results_out, os.getpid()))
+    worker.start()
+    try:
+        for index in range(RESULTS_AHEAD):
+            tasks.send((str(tmp_path), index))
+        deadline = time.monotonic() + 20
+        while len(list(tmp_path.glob("started-*"))) < RESULTS_AHEAD and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(tmp_path.glob("started-*"))) == RESULTS_AHEAD  # not one result read yet
+        assert [results.recv() for _ in range(RESULTS_AHEAD)] == [(True, bytes(2**21))] * RESULTS_AHEAD
+        tasks.send(None)
+        worker.join(10)
+        assert worker.exitcode == 0
+    finally:
+        worker.kill()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are a Linux setting")
 def test_result_pipes_are_widened_so_a_large_result_moves_in_few_reads():
     import fcntl
