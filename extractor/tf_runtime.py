@@ -76,14 +76,14 @@ def _skipped(names: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def import_tensorflow(quiet: bool = True) -> ModuleType:
-    """Import TensorFlow and initialise its devices; with ``quiet`` its C++ start-up log lines (CUDA probing,
-    oneDNN) are hidden, the modules in ``SKIPPED_AT_IMPORT`` are kept out of the import, and the garbage collector
-    waits until it is over.
+def import_tensorflow() -> ModuleType:
+    """Import TensorFlow and initialise its devices, quietly: its C++ start-up log lines (CUDA probing, oneDNN)
+    are hidden, the modules in ``SKIPPED_AT_IMPORT`` are kept out of the import, and the garbage collector waits
+    until it is over. Once imported, TensorFlow is returned as it is.
 
     ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide the lines: some are printed before TensorFlow reads it.
     """
-    if "tensorflow" in sys.modules or not quiet:
+    if "tensorflow" in sys.modules:
         import tensorflow as tf
 
         return tf
