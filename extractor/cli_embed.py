@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from extractor.decode import DEFAULT_MAX_PIXELS
+from extractor.decode_stream import MAX_DECODE_SECONDS
 from extractor.stream import usable_cpus
 
 
@@ -29,6 +30,9 @@ from extractor.stream import usable_cpus
 @click.option("--rows-per-part", default=None, type=click.IntRange(1), help="Rows per Parquet part file.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Larger images are recorded as errors (checked from the header).")
+@click.option("--max-decode-seconds", default=MAX_DECODE_SECONDS, show_default=True, type=click.FloatRange(0),
+              help="CPU seconds one file may take to decode in a decode process; slower files are stopped and "
+                   "recorded as timeout errors (0: no limit).")
 @click.option("--prune", is_flag=True, help="Drop rows of files that no longer exist.")
 @click.option("--retry-errors", is_flag=True,
               help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
@@ -37,7 +41,8 @@ from extractor.stream import usable_cpus
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(images_dir: str, out_dir: str, weights: str | None, arch: str | None, layer: str, pooling: str,
           resize: str | None, batch_size: int, workers: int, rows_per_part: int | None, max_pixels: int,
-          prune: bool, retry_errors: bool, overwrite: bool, progress: bool | None) -> None:
+          max_decode_seconds: float, prune: bool, retry_errors: bool, overwrite: bool,
+          progress: bool | None) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
 
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
@@ -52,8 +57,8 @@ def embed(images_dir: str, out_dir: str, weights: str | None, arch: str | None, 
 
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
     job = EmbedJob(images_dir, out_dir, extractor, batch_size=batch_size, workers=workers,
-                   rows_per_part=rows_per_part, max_pixels=max_pixels, prune=prune, retry_errors=retry_errors,
-                   overwrite=overwrite, progress=progress)
+                   rows_per_part=rows_per_part, max_pixels=max_pixels, max_decode_seconds=max_decode_seconds or None,
+                   prune=prune, retry_errors=retry_errors, overwrite=overwrite, progress=progress)
     summary = job.run()
     spec = extractor.spec
     click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")

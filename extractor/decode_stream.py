@@ -6,14 +6,20 @@ last chunks of a job end together and no core waits on another's long chunk.
 
 A worker that dies (the out-of-memory killer, a crash in an image library) costs no finished work: the files of
 the chunk it lost are decoded again one per process, a file that kills its process again is recorded as
-``crashed``, and the rest go on. When files keep "crashing" one after another with nothing decoded in between,
-the cause is the system, not the files: the stream stops with :class:`WorkerDied` instead of recording them.
+``crashed``, and the rest go on. A file whose decoding takes more than ``max_seconds`` of CPU (a decoder looping
+on a hostile file) is stopped by the kernel, which ends its process (``SIGPROF``), and recorded as ``timeout``.
+When files keep "crashing" one after another with nothing decoded in between, the cause is the system, not the
+files: the stream stops with :class:`WorkerDied` instead of recording them.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+from dataclasses import dataclass
 from typing import Iterator, Sequence
+
+from PIL import Image
 
 from extractor.discover import FileEntry
 from extractor.file_decoder import Decoded, Failed, FileDecoder
@@ -26,6 +32,9 @@ CHUNK_FILES = 16
 
 CHUNK_BYTES = 4 * 2**20
 """Most bytes of files per message (a chunk holds at least one file): about 50 ms of decoding for JPEG photos."""
+
+MAX_DECODE_SECONDS = 60.0
+"""CPU seconds a file may take to decode in a worker process (the largest legal image takes a few)."""
 
 CRASHES_IN_A_ROW = 8
 """Files in a row that each end a fresh decode process before the system, not the files, is blamed."""
@@ -48,39 +57,75 @@ def chunks(entries: Sequence[FileEntry], start: int = 0, max_files: int = CHUNK_
         yield current
 
 
-def decode_stream(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int,
-                  in_flight: int) -> Iterator[Decoded | Failed]:
-    """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread), about ``in_flight``
-    files ahead (fewer when files are large; at least four chunks per worker). Close the stream
-    (``contextlib.closing``) when stopping early: that cancels the chunks not yet started."""
+def decode_stream(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int, in_flight: int,
+                  max_seconds: float | None = MAX_DECODE_SECONDS) -> Iterator[Decoded | Failed]:
+    """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread, with no time limit),
+    about ``in_flight`` files ahead (fewer when files are large; at least four chunks per worker), each file
+    limited to ``max_seconds`` of CPU (None: no limit). Close the stream (``contextlib.closing``) when stopping
+    early: that cancels the chunks not yet started."""
     if workers <= 0:
         yield from map(decoder, entries)
         return
     ahead = max(4 * workers, in_flight // CHUNK_FILES)
-    yield from _blaming_the_system(_decode_in_processes(decoder, entries, workers, ahead, CHUNK_FILES))
+    limited = CpuLimited(decoder, max_seconds)
+    yield from _blaming_the_system(_decode_in_processes(limited, entries, workers, ahead, CHUNK_FILES))
 
 
-def _decode_in_processes(decoder: FileDecoder, entries: Sequence[FileEntry], workers: int, ahead: int,
+@dataclass(frozen=True)
+class CpuLimited:
+    """``decoder.many`` for a worker process, each file limited to ``seconds`` of the process's CPU time: over
+    it, the kernel's ``SIGPROF`` ends the process, wherever the decoder is stuck (in C code too). No limit where
+    the system has no interval timers (Windows) or ``seconds`` is None."""
+
+    decoder: FileDecoder
+    seconds: float | None
+
+    def __call__(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
+        if self.seconds is None or not hasattr(signal, "setitimer"):
+            return self.decoder.many(entries)
+        Image.init()  # Pillow loads its format plugins once per process: not the file's time
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the default action ends the process
+        try:
+            results = []
+            for entry in entries:
+                signal.setitimer(signal.ITIMER_PROF, self.seconds)
+                results.append(self.decoder(entry))
+            return results
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def _decode_in_processes(limited: CpuLimited, entries: Sequence[FileEntry], workers: int, ahead: int,
                          max_files: int) -> Iterator[Decoded | Failed]:
     done = 0  # files passed on
     while done < len(entries):
-        results = ordered_map(decoder.many, chunks(entries, done, max_files), workers, ahead, processes=True)
+        results = ordered_map(limited, chunks(entries, done, max_files), workers, ahead, processes=True)
         try:
             for chunk in results:
                 yield from chunk
                 done += len(chunk)
-        except WorkerDied:
+        except WorkerDied as exc:
             lost = next(chunks(entries, done, max_files))
             if len(lost) == 1 and workers == 1:  # alone in a fresh process: this file ended it
-                log.warning("decoding %s ended its worker process", lost[0].path)
-                yield Failed(lost[0], "crashed", "decoding this file ended its worker process (out of memory, or a "
-                             "crash in the image library)", 0.0)
+                yield _ended_its_process(lost[0], exc.exitcode, limited.seconds)
             else:
-                log.warning("a decode worker process died; decoding its %d files one per process", len(lost))
-                yield from _decode_in_processes(decoder, lost, 1, 1, 1)
+                log.warning("a decode worker process ended (exit status %s); decoding its %d files one per process",
+                            exc.exitcode, len(lost))
+                yield from _decode_in_processes(limited, lost, 1, 1, 1)
             done += len(lost)
         finally:
             results.close()
+
+
+def _ended_its_process(entry: FileEntry, exitcode: int | None, seconds: float | None) -> Failed:
+    """The record of a file that ended the process decoding it alone: over its CPU time, or a crash."""
+    if hasattr(signal, "SIGPROF") and exitcode == -signal.SIGPROF:
+        log.warning("decoding %s took more than %g s of CPU: stopped", entry.path, seconds)
+        return Failed(entry, "timeout", f"decoding took more than {seconds:g} s of CPU time (a hostile or "
+                      "pathological file); stopped", 0.0)
+    log.warning("decoding %s ended its worker process", entry.path)
+    return Failed(entry, "crashed", "decoding this file ended its worker process (out of memory, or a crash in "
+                  "the image library)", 0.0)
 
 
 def _blaming_the_system(results: Iterator[Decoded | Failed]) -> Iterator[Decoded | Failed]:

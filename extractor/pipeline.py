@@ -26,7 +26,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.decode import DEFAULT_MAX_PIXELS
-from extractor.decode_stream import decode_stream
+from extractor.decode_stream import MAX_DECODE_SECONDS, decode_stream
 from extractor.discover import FileEntry, discover, label_of
 from extractor.features import FeatureExtractor
 from extractor.file_decoder import Decoded, Failed, FileDecoder
@@ -87,6 +87,7 @@ class EmbedJob:
     workers: int = field(default_factory=usable_cpus)
     rows_per_part: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_seconds: float | None = MAX_DECODE_SECONDS  # CPU time per file in a decode process; None: no limit
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
@@ -126,7 +127,8 @@ class EmbedJob:
         thread while files decode. Started the other way round, the import's long calls that hold the GIL (loading
         TensorFlow's libraries) delay the processes' start by ~0.5 s, with a core idle."""
         decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        decoded = decode_stream(decoder, todo, self.workers, in_flight=32 * self.batch_size)  # ~150 MB at 32
+        decoded = decode_stream(decoder, todo, self.workers, in_flight=32 * self.batch_size,  # ~150 MB at 32
+                                max_seconds=self.max_decode_seconds)
         with contextlib.closing(decoded):
             first = next(decoded)  # the processes are up and decoding
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:

@@ -32,12 +32,14 @@ _STOP = object()  # put in a worker's task queue by close()
 
 
 class WorkerDied(AlexfeatError):
-    """A worker process ended abruptly (killed, e.g. by the out-of-memory killer, or crashed)."""
+    """A worker process ended abruptly (killed, e.g. by the out-of-memory killer, or crashed); ``exitcode`` is its
+    exit status where known (``-N``: ended by signal N)."""
 
     def __init__(self, message: str = "a worker process died unexpectedly (killed, out of memory, or started "
                                       "from a script without an `if __name__ == '__main__':` guard); finished "
-                                      "work is kept") -> None:
+                                      "work is kept", exitcode: int | None = None) -> None:
         super().__init__(message)
+        self.exitcode = exitcode
 
 
 class Worker(Generic[T, R]):
@@ -69,7 +71,8 @@ class Worker(Generic[T, R]):
         message = self._results.get()
         if message is _DIED:
             self._results.put(_DIED)  # every later call fails the same way
-            raise WorkerDied()
+            self.process.join(5)  # its pipe closed as it ended: collect the exit status
+            raise WorkerDied(exitcode=self.process.exitcode)
         ok, value = message
         if not ok:
             raise value

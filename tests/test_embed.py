@@ -138,6 +138,22 @@ def test_a_folder_that_cannot_be_listed_is_recorded_and_the_rest_embedded(tmp_pa
     assert read_errors(out).select(["path", "error"]).to_pylist() == [{"path": "locked", "error": "unreadable"}]
 
 
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="CPU time limits need interval timers")
+def test_a_file_over_the_decode_cpu_limit_is_stopped_and_recorded_as_timeout(tmp_path):
+    from PIL import Image
+
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 2)
+    # 81 MP of one colour: a 1 MB PNG that takes ~0.7 s of CPU to inflate (a stand-in for a decoder stuck on a
+    # hostile file; the default limit is 60 s).
+    Image.new("RGB", (9000, 9000), (120, 60, 30)).save(images / "slow.png", compress_level=1)
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--max-decode-seconds", "0.2")
+    assert code == 0 and "embedded 2, unchanged 0, errors 1" in output, output
+    assert read_errors(out).select(["path", "error"]).to_pylist() == [{"path": "slow.png", "error": "timeout"}]
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--retry-errors", "--max-decode-seconds", "0")
+    assert code == 0 and "embedded 1, unchanged 2, errors 0" in output, output  # 0: no limit
+
+
 def test_incompatible_existing_output_is_refused_and_overwrite_replaces_it(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 2)
@@ -272,7 +288,7 @@ def test_a_killed_decode_process_costs_nothing(tmp_path):
     os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    assert "embedded 120, unchanged 0, errors 0" in stdout and "decode worker process died" in stderr
+    assert "embedded 120, unchanged 0, errors 0" in stdout and "decode worker process ended" in stderr
     assert sorted(load_dataset(out, embeddings=False).paths) == sorted(paths)
 
 
