@@ -105,6 +105,8 @@ def _decode_in_processes(limited: CpuLimited, entries: Sequence[FileEntry], work
                 yield from chunk
                 done += len(chunk)
         except WorkerDied as exc:
+            if not exc.started:  # no file is to blame
+                raise
             lost = next(chunks(entries, done, max_files))
             if len(lost) == 1 and workers == 1:  # alone in a fresh process: this file ended it
                 yield _ended_its_process(lost[0], exc.exitcode, limited.seconds)

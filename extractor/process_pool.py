@@ -4,7 +4,9 @@ Built on ``multiprocessing`` pipes rather than ``ProcessPoolExecutor``, whose ma
 a worker killed right after it was spawned on demand and then waits forever. Here each worker is started once
 (``spawn``: safe beside running threads), items go to the workers in turn, and a reader thread per worker drains
 its results into a queue, so a worker never waits for the consumer's order. A worker's death is its result pipe's
-end of file: the consumer gets ``WorkerDied``, never a hang.
+end of file: the consumer gets ``WorkerDied``, never a hang. A worker says it is ready before its first item, so a
+worker that could not even start (a script without an ``if __name__ == "__main__":`` guard, a broken environment)
+is told apart from one that an item ended (``WorkerDied.started``).
 
 Workers run at nice 10 (the caller's own work comes first; they fill the idle cycles), ignore Ctrl-C (the caller
 handles it) and exit when the calling process dies, even by SIGKILL.
@@ -28,18 +30,20 @@ from extractor.errors import AlexfeatError
 T = TypeVar("T")
 R = TypeVar("R")
 _DIED = object()  # put in a worker's result queue when its pipe ends
+_NOT_STARTED = object()  # ... when it ends before the worker said it was ready
 _STOP = object()  # put in a worker's task queue by close()
 
 
 class WorkerDied(AlexfeatError):
     """A worker process ended abruptly (killed, e.g. by the out-of-memory killer, or crashed); ``exitcode`` is its
-    exit status where known (``-N``: ended by signal N)."""
+    exit status where known (``-N``: ended by signal N); ``started`` is False when it ended before it was ready."""
 
     def __init__(self, message: str = "a worker process died unexpectedly (killed, out of memory, or started "
                                       "from a script without an `if __name__ == '__main__':` guard); finished "
-                                      "work is kept", exitcode: int | None = None) -> None:
+                                      "work is kept", exitcode: int | None = None, started: bool = True) -> None:
         super().__init__(message)
         self.exitcode = exitcode
+        self.started = started
 
 
 class Worker(Generic[T, R]):
@@ -69,9 +73,14 @@ class Worker(Generic[T, R]):
     def result(self) -> R:
         """The result of the oldest item not yet collected (re-raises what ``fn`` raised)."""
         message = self._results.get()
-        if message is _DIED:
-            self._results.put(_DIED)  # every later call fails the same way
+        if message is _DIED or message is _NOT_STARTED:
+            self._results.put(message)  # every later call fails the same way
             self.process.join(5)  # its pipe closed as it ended: collect the exit status
+            if message is _NOT_STARTED:
+                raise WorkerDied(f"a worker process could not start (exit status {self.process.exitcode}): a script "
+                                 "that starts alexfeat jobs needs an `if __name__ == '__main__':` guard, and the "
+                                 "environment must import it; finished work is kept",
+                                 exitcode=self.process.exitcode, started=False)
             raise WorkerDied(exitcode=self.process.exitcode)
         ok, value = message
         if not ok:
@@ -102,13 +111,17 @@ class Worker(Generic[T, R]):
             self._tasks.close()
 
     def _drain(self, results: Connection) -> None:
+        started = False
         while True:
             try:
-                self._results.put(results.recv())
+                message = results.recv()
             except (EOFError, OSError):
-                self._results.put(_DIED)
+                self._results.put(_DIED if started else _NOT_STARTED)
                 results.close()
                 return
+            if started:
+                self._results.put(message)
+            started = True  # the first message says the worker is ready
 
 
 class ProcessPool(Generic[T, R]):
@@ -160,6 +173,7 @@ def _serve(fn: Callable[[Any], Any], tasks: Connection, results: Connection, par
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(10)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
+    results.send(None)  # ready
     outbox: queue.Queue[Any] = queue.Queue(RESULTS_AHEAD)
     sender = threading.Thread(target=_send, args=(outbox, results), name="send-results", daemon=True)
     sender.start()

@@ -248,6 +248,19 @@ def running(pid: int) -> bool:
         return False
 
 
+def test_a_script_without_a_main_guard_gets_a_clear_error_and_no_file_is_blamed(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 3)
+    script = tmp_path / "my_script.py"  # re-run by each decode process as it starts: they cannot start
+    script.write_text("from extractor.cli import main\n"
+                      f"main.main(['embed', {str(images)!r}, '-o', {str(out)!r}, '--weights', 'random', "
+                      "'--no-progress'])\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 1 and "could not start" in result.stderr and "__main__" in result.stderr
+    assert read_errors(out).num_rows == 0  # nothing recorded against the files
+
+
 def test_up_to_date_rerun_finishes_without_loading_tensorflow(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 3)

@@ -164,6 +164,7 @@ def test_a_worker_keeps_working_while_its_caller_is_too_busy_to_read(tmp_path):
     worker = context.Process(target=_serve, args=(_mark_then_big_result, tasks_in, results_out, os.getpid()))
     worker.start()
     try:
+        assert results.recv() is None  # ready
         for index in range(RESULTS_AHEAD):
             tasks.send((str(tmp_path), index))
         deadline = time.monotonic() + 20
