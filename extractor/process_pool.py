@@ -6,7 +6,7 @@ a worker killed right after it was spawned on demand and then waits forever. Her
 its results into a queue, so a worker never waits for the consumer's order. A worker's death is its result pipe's
 end of file: the consumer gets ``WorkerDied``, never a hang. A worker says it is ready before its first item, so a
 worker that could not even start (a script without an ``if __name__ == "__main__":`` guard, a broken environment)
-is told apart from one that an item ended (``WorkerDied.started``).
+is told apart from one that an item ended or a signal killed (``WorkerDied.started``).
 
 Workers run at nice 10 (the caller's own work comes first; they fill the idle cycles), ignore Ctrl-C (the caller
 handles it) and exit when the calling process dies, even by SIGKILL.
@@ -76,12 +76,12 @@ class Worker(Generic[T, R]):
         if message is _DIED or message is _NOT_STARTED:
             self._results.put(message)  # every later call fails the same way
             self.process.join(5)  # its pipe closed as it ended: collect the exit status
-            if message is _NOT_STARTED:
-                raise WorkerDied(f"a worker process could not start (exit status {self.process.exitcode}): a script "
-                                 "that starts alexfeat jobs needs an `if __name__ == '__main__':` guard, and the "
-                                 "environment must import it; finished work is kept",
-                                 exitcode=self.process.exitcode, started=False)
-            raise WorkerDied(exitcode=self.process.exitcode)
+            code = self.process.exitcode
+            if message is _NOT_STARTED and (code is None or code >= 0):  # it gave up starting (not killed)
+                raise WorkerDied(f"a worker process could not start (exit status {code}): a script that starts "
+                                 "alexfeat jobs needs an `if __name__ == '__main__':` guard, and the environment "
+                                 "must import it; finished work is kept", exitcode=code, started=False)
+            raise WorkerDied(exitcode=code)
         ok, value = message
         if not ok:
             raise value
