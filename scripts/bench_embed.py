@@ -5,7 +5,8 @@
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
 measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights),
-each repeat back to back (model, decode, whole command, reference), ratios per repeat, then medians:
+each repeat back to back (model, decode, whole command, reference; each with the set's files in the page cache),
+ratios per repeat, then medians:
 - model-only images/s (the compiled inference path on uint8 batches);
 - decode-only images/s (read + sha256 + decode + resize in the embed job's decode processes, one per core,
   from the first result on, over the set's first files up to 400 MB);
@@ -124,19 +125,31 @@ def reference_once(python: str, folder: Path, batch_size: int, workers: int) -> 
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
+def read_all(folder: Path) -> None:
+    """Read every file of ``folder`` once, into the page cache where it fits. The decode rate is measured on files
+    read from the cache, so the whole command must find them there too: a set partly evicted since its last run
+    (5 GB of large photos) would otherwise measure the disk."""
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            while fh.read(8 * 2**20):
+                pass
+
+
 def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) -> dict[str, float]:
     """One row: each repeat measures model, decode, the whole command and the reference back to back, so that a
     machine whose speed drifts (shared CPUs) moves the baseline and the result together; ratios are taken per
-    repeat, then medians."""
+    repeat, then medians. Each repeat starts with the set's files in the page cache."""
     sample = decode_sample(folder)
     rows = []
     for _ in range(args.repeats):
+        read_all(folder)
         model, decode = model_rate(extractor, args.batch_size), decode_rate(sample, extractor.resize_spec, workers)
         bound = 1.0 / (1.0 / model + 1.0 / decode)
         whole, job = embed_once(folder, out, args.batch_size)
         row = {"model": model, "decode": decode, "bound": bound, "embed": count / whole, "job": count / job,
                "ratio": count / whole / bound, "job_ratio": count / job / bound, "extra": whole - count / bound}
         if args.reference_python:
+            read_all(folder)
             row["torch"] = reference_once(args.reference_python, folder, args.batch_size, workers)
             row["vs_torch"] = row["embed"] / row["torch"]
         rows.append(row)
