@@ -154,6 +154,29 @@ def test_a_file_over_the_decode_cpu_limit_is_stopped_and_recorded_as_timeout(tmp
     assert code == 0 and "embedded 1, unchanged 2, errors 0" in output, output  # 0: no limit
 
 
+def test_a_folder_that_cannot_be_listed_is_recorded_until_it_can(tmp_path, monkeypatch):
+    import extractor.discover
+
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 2)
+    make_photo(images / "locked" / "x.jpg", (96, 72))
+    real_scandir = os.scandir
+
+    def scandir(path):  # the file system refusing one folder, as chmod 0 does for a user other than root
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(extractor.discover.os, "scandir", scandir)
+    code, output = embed(str(images), "-o", str(out), *RANDOM)
+    assert code == 0 and "embedded 2, unchanged 0, errors 1" in output, output
+    assert read_errors(out).select(["path", "error"]).to_pylist() == [{"path": "locked", "error": "unreadable"}]
+    monkeypatch.setattr(extractor.discover.os, "scandir", real_scandir)
+    code, output = embed(str(images), "-o", str(out), *RANDOM)  # readable again: embedded, the record gone
+    assert code == 0 and "embedded 1, unchanged 2, errors 0" in output, output
+    assert read_errors(out).num_rows == 0
+
+
 def test_incompatible_existing_output_is_refused_and_overwrite_replaces_it(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 2)
