@@ -115,13 +115,15 @@ class Searcher:
         """Neighbours of image files, embedded with the model recorded in the index (``weights`` overrides the
         recorded source; a file with another sha256 is refused). Files that cannot be decoded are reported in
         ``errors`` and skipped."""
+        from extractor.discover import stored_name
         from extractor.features import FeatureExtractor
 
         extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
         names = [str(f) for f in files]
         vectors, ok, errors = extractor.embed_paths(names)
         hits = self.search_vectors(vectors, k) if len(ok) else []
-        results = [QueryResult({"image": names[i]}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)]
+        results = [QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve())
+                   for i, h in zip(ok, hits)]  # UTF-8 text, as the index's own paths are
         return ImageQueries(results, list(errors))
 
 

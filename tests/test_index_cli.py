@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -215,6 +216,22 @@ def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Pat
     assert result["results"][0]["path"] == paths[3]
     assert result["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 4
+
+
+@pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
+def test_an_image_query_whose_name_is_not_utf8_is_echoed_as_utf8_text(embedded: tuple[Path, Path, list[str]],
+                                                                      tmp_path: Path) -> None:
+    images, index_dir, paths = embedded
+    query = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
+    try:
+        shutil.copy(images / paths[2], query)
+    except OSError as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")
+    code, output = run("search", index_dir, "--image", query, "-k", "1", "--json")
+    assert code == 0, output
+    result = json.loads(output.splitlines()[0])
+    result["query"]["image"].encode("utf-8")  # no lone surrogate escapes, which strict JSON readers refuse
+    assert result["query"]["image"].endswith("caf\\xe9.jpg") and result["results"][0]["path"] == paths[2]
 
 
 def test_query_folder_runs_a_batch_and_reports_unreadable_files(embedded: tuple[Path, Path, list[str]],
