@@ -15,7 +15,9 @@ files: the stream stops with :class:`WorkerDied` instead of recording them.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -75,13 +77,14 @@ def decode_stream(decoder: FileDecoder, entries: Sequence[FileEntry], workers: i
 class CpuLimited:
     """``decoder.many`` for a worker process, each file limited to ``seconds`` of the process's CPU time: over
     it, the kernel's ``SIGPROF`` ends the process, wherever the decoder is stuck (in C code too). No limit where
-    the system has no interval timers (Windows) or ``seconds`` is None."""
+    the system has no interval timers (Windows), where ``seconds`` is None, or outside a worker process's main
+    thread (the threads that stand in where processes cannot start: the signal would end the caller)."""
 
     decoder: FileDecoder
     seconds: float | None
 
     def __call__(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
-        if self.seconds is None or not hasattr(signal, "setitimer"):
+        if self.seconds is None or not hasattr(signal, "setitimer") or not _in_a_worker_process():
             return self.decoder.many(entries)
         Image.init()  # Pillow loads its format plugins once per process: not the file's time
         signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the default action ends the process
@@ -93,6 +96,11 @@ class CpuLimited:
             return results
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def _in_a_worker_process() -> bool:
+    """Whether this is the main thread of a process that ``multiprocessing`` started."""
+    return multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread()
 
 
 def _decode_in_processes(limited: CpuLimited, entries: Sequence[FileEntry], workers: int, ahead: int,

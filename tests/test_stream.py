@@ -68,6 +68,19 @@ def test_threads_stand_in_where_processes_cannot_start(monkeypatch, caplog):
     assert "worker processes are not available here" in caplog.text
 
 
+def test_the_decode_stage_falls_back_to_threads_with_its_cpu_limit_off(tmp_path, monkeypatch, caplog):
+    def no_semaphores(method: str) -> None:
+        raise OSError(38, "Function not implemented: sem_open")
+
+    for i in range(3):
+        make_photo(tmp_path / f"p{i}.jpg", (64, 48), seed=i)
+    monkeypatch.setattr("extractor.process_pool.multiprocessing.get_context", no_semaphores)
+    decoder = FileDecoder(ResizeSpec.parse("shorter256-center224"))
+    results = list(decode_stream(decoder, list(discover(tmp_path)), workers=2, in_flight=8, max_seconds=0.001))
+    assert [type(r) for r in results] == [Decoded] * 3  # no timer in this process: it would end it
+    assert "worker processes are not available here" in caplog.text
+
+
 class CrashingDecoder(FileDecoder):
     """Ends its process on files named ``crash*``: stands in for a file that kills an image library."""
 
