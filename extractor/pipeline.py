@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 
 from extractor import __version__
 from extractor.decode import DEFAULT_MAX_PIXELS
@@ -114,7 +113,6 @@ class EmbedJob:
             summary.dropped = len(plan.drop_ids)
             with timer("write"):
                 apply_plan(writer, plan)  # drop old rows first: a crash then re-embeds them, never duplicates
-                writer.drop_errors(_folder_records(read_errors(self.out_dir)))  # each walk finds them anew
                 writer.add_errors(unlisted)
             summary.errors += len(unlisted)
             if plan.to_embed:  # an up-to-date dataset never loads TensorFlow
@@ -192,12 +190,6 @@ def decoded_while_waiting(batches: Iterator[list[Decoded | Failed]], ready: conc
         early.append(batch)
         held += sum(r.pixels.nbytes for r in batch if isinstance(r, Decoded))
     return early
-
-
-def _folder_records(errors: pa.Table) -> list[str]:
-    """Paths of the error records that ``_unlisted`` made (no size: folders, not files)."""
-    return [path for path, size in zip(errors.column("path").to_pylist(), errors.column("size").to_pylist())
-            if size is None]
 
 
 def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:

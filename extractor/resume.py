@@ -8,7 +8,8 @@ embedded. Rows of files that vanished stay unless ``prune``.
 
 Files that failed before (``_errors.parquet``) are retried only when their size or mtime changed (or with
 ``retry_errors``, e.g. after raising ``--max-pixels``): a broken file stays broken, and retrying thousands of
-them on every run would waste the run.
+them on every run would waste the run. Records without a size (folders that could not be listed) are dropped on
+every run: the walk records them again while they stay unreadable.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ResumePlan:
     touched: int = 0  # mtime changed, same sha256: row kept, its size/mtime refreshed through ``stats_updates``
     stats_updates: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (size, mtime_ns) for touched rows
     skipped_errors: int = 0  # failed before and unchanged since: not retried
-    vanished_error_paths: list[str] = field(default_factory=list)  # error records of vanished files (with prune)
+    stale_error_paths: list[str] = field(default_factory=list)  # records of vanished files (with prune), folders
 
 
 def load_existing(out_dir: str | os.PathLike[str]) -> Dataset | None:
@@ -106,8 +107,8 @@ def plan_resume(entries: Iterable[FileEntry], existing: Dataset | None, prune: b
             plan.vanished += 1
             if prune:
                 plan.drop_ids.append(int(existing.ids[row]))
-    if prune:
-        plan.vanished_error_paths = [path for path in failed if path not in seen]
+    plan.stale_error_paths = [path for path, (size, _) in failed.items()
+                              if path not in seen and (prune or size is None)]
     return plan
 
 
@@ -115,7 +116,7 @@ def apply_plan(writer: DatasetWriter, plan: ResumePlan) -> None:
     """Carry out a plan's changes to existing rows and errors before its files are embedded."""
     writer.drop_ids(plan.drop_ids)
     writer.update_file_stats(plan.stats_updates)
-    writer.drop_errors(plan.vanished_error_paths)
+    writer.drop_errors(plan.stale_error_paths)
 
 
 def _changed(plan: ResumePlan, existing: Dataset, row: int) -> None:

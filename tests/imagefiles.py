@@ -26,6 +26,12 @@ PALETTE_COLORS = ((220, 30, 30), (30, 160, 40), (20, 40, 200))  # make_palette_p
 GIF_FRAME_COLORS = ((230, 20, 20), (20, 20, 230), (20, 230, 20))  # make_animated's frames, first to last
 
 
+def raw_name(folder: str | os.PathLike[str], name: bytes) -> str:
+    """The path of a file named by raw bytes (e.g. Latin-1 ``b"caf\\xe9.jpg"``) in ``folder``, as Python holds it
+    (undecodable bytes as surrogate escapes). Creating it fails where the file system insists on UTF-8 names."""
+    return os.fsdecode(os.path.join(os.fsencode(folder), name))
+
+
 def _prepare(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

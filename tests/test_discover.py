@@ -83,7 +83,7 @@ def _make_bytes_name(folder: Path, name: bytes) -> str:
     """Create a file whose name is raw bytes; skip where the file system insists on UTF-8 names."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with open(os.path.join(os.fsencode(folder), name), "wb") as fh:
+        with open(files.raw_name(folder, name), "wb") as fh:
             fh.write(b"x")
     except (OSError, ValueError) as exc:
         pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")

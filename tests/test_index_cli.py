@@ -17,7 +17,7 @@ from PIL import Image
 
 from extractor.cli import main
 from extractor.store import load_dataset
-from tests.imagefiles import make_photo
+from tests.imagefiles import make_photo, raw_name
 from tests.index_data import clustered, make_meta, paths_for, write_dataset
 
 N = 120
@@ -222,7 +222,7 @@ def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Pat
 def test_an_image_query_whose_name_is_not_utf8_is_echoed_as_utf8_text(embedded: tuple[Path, Path, list[str]],
                                                                       tmp_path: Path) -> None:
     images, index_dir, paths = embedded
-    query = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
+    query = raw_name(tmp_path, b"caf\xe9.jpg")
     try:
         shutil.copy(images / paths[2], query)
     except OSError as exc:

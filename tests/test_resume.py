@@ -151,16 +151,17 @@ def test_files_that_failed_are_retried_only_when_they_change(tmp_path: Path) -> 
     with open_for_writing(out, make_meta()) as writer:
         writer.add_errors(ErrorRecord(p, "DecodeError", "cannot identify image", entries[p].size, entries[p].mtime_ns)
                           for p in ("broken.jpg", "fixed.jpg", "gone.jpg"))
+        writer.add_errors([ErrorRecord("locked", "unreadable", "cannot list or stat it")])  # a folder: no size
     put(root, "fixed.jpg", b"a real image now", mtime_ns=T0 + 5)
     (root / "gone.jpg").unlink()
 
     plan = rerun(root, out)
     assert [e.path for e in plan.to_embed] == ["fixed.jpg"]
-    assert (plan.skipped_errors, plan.new, plan.unchanged, plan.vanished_error_paths) == (1, 1, 1, [])
+    assert (plan.skipped_errors, plan.new, plan.unchanged, plan.stale_error_paths) == (1, 1, 1, ["locked"])
     assert [e.path for e in rerun(root, out, retry_errors=True).to_embed] == ["broken.jpg", "fixed.jpg"]
 
     pruned = rerun(root, out, prune=True)
-    assert pruned.vanished_error_paths == ["gone.jpg"]
+    assert sorted(pruned.stale_error_paths) == ["gone.jpg", "locked"]
     with open_for_writing(out, make_meta()) as writer:
         apply_plan(writer, pruned)
     assert sorted(read_errors(out).column("path").to_pylist()) == ["broken.jpg", "fixed.jpg"]
