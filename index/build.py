@@ -18,7 +18,7 @@ import numpy as np
 from extractor import __version__
 from extractor.errors import IndexDirError
 from extractor.store import Dataset, dataset_lock, load_dataset
-from extractor.timing import Phases
+from extractor.util.timing import Phases
 from index import ops
 from index.factory import (
     EXACT_MAX,
@@ -58,13 +58,22 @@ class BuiltIndex:
 
     def info(self) -> dict[str, Any]:
         """The ``index.json`` fields that describe the index itself (the caller adds the dataset's)."""
-        return {"factory": self.factory, "metric": ops.METRIC, "dim": int(self.index.d),
-                "search_params": self.search_params, "recall_at_10": round(self.recall_at_10, 4),
-                "build_seconds": self.build_seconds, "factory_requested": self.factory_requested,
-                "factory_reason": self.factory_reason, "target_recall": self.target_recall,
-                "recall_queries": self.recall_queries, "memory_budget_bytes": self.memory_budget,
-                "removal": self.removal, "index_type": ops.describe(self.index),
-                "phase_seconds": self.phase_seconds}
+        return {
+            "factory": self.factory,
+            "metric": ops.METRIC,
+            "dim": int(self.index.d),
+            "search_params": self.search_params,
+            "recall_at_10": round(self.recall_at_10, 4),
+            "build_seconds": self.build_seconds,
+            "factory_requested": self.factory_requested,
+            "factory_reason": self.factory_reason,
+            "target_recall": self.target_recall,
+            "recall_queries": self.recall_queries,
+            "memory_budget_bytes": self.memory_budget,
+            "removal": self.removal,
+            "index_type": ops.describe(self.index),
+            "phase_seconds": self.phase_seconds,
+        }
 
 
 def _check_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,9 +88,16 @@ def _check_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.
     return x, ids
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str = "auto", memory_budget: int | None = None,
-                target_recall: float = DEFAULT_TARGET_RECALL, seed: int = 0, progress: bool | None = None,
-                exact_max: int = EXACT_MAX) -> BuiltIndex:
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    factory: str = "auto",
+    memory_budget: int | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    seed: int = 0,
+    progress: bool | None = None,
+    exact_max: int = EXACT_MAX,
+) -> BuiltIndex:
     """Choose (``auto``) or check the factory, train on a sample, add ``vectors`` under ``ids``, then tune the
     search parameters to reach ``target_recall`` recall@10 at the best speed.
 
@@ -93,8 +109,11 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str = "auto", mem
     x, ids = _check_inputs(vectors, ids)
     phases = Phases("index build")
     with phases("choose"):
-        choice = (choose_factory(len(x), x.shape[1], memory_budget, exact_max) if factory == "auto"
-                  else FactoryChoice(factory, "given with --factory"))
+        choice = (
+            choose_factory(len(x), x.shape[1], memory_budget, exact_max)
+            if factory == "auto"
+            else FactoryChoice(factory, "given with --factory")
+        )
         check_factory(choice.factory, len(x))
         index, effective = ops.create(choice.factory, x.shape[1])
     log.info("index build: %s (%s)", effective, choice.reason)
@@ -108,16 +127,30 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str = "auto", mem
         probe = recall_probe(x, ids, seed=seed)
         tuning = tune(index, probe, target_recall)
     removal = "native" if ops.can_remove(index) else "mask"
-    return BuiltIndex(index, effective, factory, choice.reason, tuning.params, tuning.recall, len(probe.queries),
-                      target_recall, memory_budget, removal, phases.rounded())
+    return BuiltIndex(
+        index,
+        effective,
+        factory,
+        choice.reason,
+        tuning.params,
+        tuning.recall,
+        len(probe.queries),
+        target_recall,
+        memory_budget,
+        removal,
+        phases.rounded(),
+    )
 
 
 def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:
     """The lookup rows (id, path, label, sha256) of ``dataset``, all or those at ``rows``."""
     pick = range(len(dataset)) if rows is None else rows.tolist()
-    return Lookup.from_rows(dataset.ids if rows is None else dataset.ids[rows],
-                            [dataset.paths[i] for i in pick], [dataset.labels[i] for i in pick],
-                            [dataset.sha256[i] for i in pick])
+    return Lookup.from_rows(
+        dataset.ids if rows is None else dataset.ids[rows],
+        [dataset.paths[i] for i in pick],
+        [dataset.labels[i] for i in pick],
+        [dataset.sha256[i] for i in pick],
+    )
 
 
 def index_info(built: BuiltIndex, dataset: Dataset, emb_dir: Path) -> dict[str, Any]:
@@ -130,9 +163,14 @@ def index_info(built: BuiltIndex, dataset: Dataset, emb_dir: Path) -> dict[str, 
     return info
 
 
-def build_index_dir(emb_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], factory: str = "auto",
-                    memory_budget: int | None = None, target_recall: float = DEFAULT_TARGET_RECALL,
-                    progress: bool | None = None) -> dict[str, Any]:
+def build_index_dir(
+    emb_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    factory: str = "auto",
+    memory_budget: int | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Build an index over an embeddings dataset and write it to ``out_dir``; returns its ``index.json``."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
     with dataset_lock(out):
@@ -146,4 +184,3 @@ def build_index_dir(emb_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         info = write_index_dir(out, info, lookup_of(dataset), built.index)
         log.info("index build: write took %.2f s", time.perf_counter() - start)
     return info
-

@@ -36,23 +36,41 @@ def index_group() -> None:
 @index_group.command()
 @click.argument("emb_dir", type=_DIR)
 @click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
-@click.option("--factory", default="auto", show_default=True, metavar="auto|FACTORY",
-              help="auto, or a FAISS index_factory string such as Flat, IVF1024,Flat, HNSW32, IVF4096,SQ8.")
-@click.option("--memory-budget", default=None, callback=_memory_budget, metavar="SIZE",
-              help="Memory the index may use, e.g. 4G or 512M (auto picks compressed codes to fit). "
-                   "Default: half the machine's memory.")
-@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.")
+@click.option(
+    "--factory",
+    default="auto",
+    show_default=True,
+    metavar="auto|FACTORY",
+    help="auto, or a FAISS index_factory string such as Flat, IVF1024,Flat, HNSW32, IVF4096,SQ8.",
+)
+@click.option(
+    "--memory-budget",
+    default=None,
+    callback=_memory_budget,
+    metavar="SIZE",
+    help="Memory the index may use, e.g. 4G or 512M (auto picks compressed codes to fit). "
+    "Default: half the machine's memory.",
+)
+@click.option(
+    "--target-recall",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def build(emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float,
-          progress: bool | None) -> None:
+def build(
+    emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
+) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
     info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
-    click.echo(f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
-               f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
-               f"built in {info['build_seconds']:.1f} s")
+    click.echo(
+        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
+        f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
+        f"built in {info['build_seconds']:.1f} s"
+    )
 
 
 def _params(params: dict[str, int]) -> str:
@@ -91,10 +109,19 @@ def _read_targets(path: str) -> tuple[list[int], list[str]]:
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
 @click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
-@click.option("--path", "paths", multiple=True, metavar="REL", help="Path to remove, relative to the embedded "
-              "folder (repeatable).")
-@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
-              help="File of ids and/or paths, one a line.")
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="REL",
+    help="Path to remove, relative to the embedded folder (repeatable).",
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="File of ids and/or paths, one a line.",
+)
 def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_file: str | None) -> None:
     """Remove items from INDEX_DIR by id or path; they never come back in search results."""
     from index.update import remove_from_index
@@ -115,13 +142,14 @@ def _print_table(results: list[Any], out: Any) -> None:
         click.echo(f"query: {title}", file=out)
         click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
         for hit in result.hits:
-            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}",
-                       file=out)
+            click.echo(
+                f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
+            )
         click.echo("", file=out)
 
 
 def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None) -> list[Any]:
-    from extractor.tf_runtime import import_tensorflow
+    from extractor.network.tf_runtime import import_tensorflow
 
     import_tensorflow()
     found = searcher.search_images(files, k, weights)
@@ -133,7 +161,7 @@ def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None)
 
 
 def _query_files(queries_dir: str) -> list[str]:
-    from extractor.discover import discover
+    from extractor.images.discover import discover
 
     files = [entry.abs_path for entry in discover(queries_dir)]
     if not files:
@@ -143,28 +171,56 @@ def _query_files(queries_dir: str) -> list[str]:
 
 @click.command()
 @click.argument("index_dir", type=_DIR)
-@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="Query image file (repeatable); embedded with the model recorded in the index.")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Query image file (repeatable); embedded with the model recorded in the index.",
+)
 @click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
 @click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
-@click.option("--queries", "queries_dir", type=click.Path(file_okay=False, exists=True),
-              help="Folder of query images (a batch).")
+@click.option(
+    "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
+)
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
-@click.option("--weights", default=None, metavar="PATH",
-              help="Weights file for image queries when the recorded source is not on this machine.")
-@click.option("--images-root", default=None, type=click.Path(file_okay=False),
-              help="Folder of the indexed images for --html, when not where the index recorded it.")
-def search(index_dir: str, images: tuple[str, ...], ids: tuple[int, ...], paths: tuple[str, ...],
-           queries_dir: str | None, k: int, as_json: bool, html_file: str | None, weights: str | None,
-           images_root: str | None) -> None:
+@click.option(
+    "--weights",
+    default=None,
+    metavar="PATH",
+    help="Weights file for image queries when the recorded source is not on this machine.",
+)
+@click.option(
+    "--images-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the indexed images for --html, when not where the index recorded it.",
+)
+def search(
+    index_dir: str,
+    images: tuple[str, ...],
+    ids: tuple[int, ...],
+    paths: tuple[str, ...],
+    queries_dir: str | None,
+    k: int,
+    as_json: bool,
+    html_file: str | None,
+    weights: str | None,
+    images_root: str | None,
+) -> None:
     """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
-    kinds = [name for name, given in (("--image", images), ("--id", ids), ("--path", paths),
-                                      ("--queries", queries_dir)) if given]
+    kinds = [
+        name
+        for name, given in (("--image", images), ("--id", ids), ("--path", paths), ("--queries", queries_dir))
+        if given
+    ]
     if len(kinds) != 1:
-        raise click.UsageError("give one kind of query: --image, --id, --path or --queries"
-                               + (f" (got {', '.join(kinds)})" if kinds else ""))
+        raise click.UsageError(
+            "give one kind of query: --image, --id, --path or --queries"
+            + (f" (got {', '.join(kinds)})" if kinds else "")
+        )
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
@@ -194,10 +250,20 @@ def search(index_dir: str, images: tuple[str, ...], ids: tuple[int, ...], paths:
 
 @click.command()
 @click.argument("emb_dir", type=_DIR)
-@click.option("--threshold", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Cosine similarity at or above which two images are near-duplicates.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
-              help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).")
+@click.option(
+    "--threshold",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Cosine similarity at or above which two images are near-duplicates.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False),
+    help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""

@@ -17,10 +17,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from extractor.atomic import write_text_atomic
 from extractor.errors import AlexfeatError
-from extractor.progress import Progress
 from extractor.store import load_dataset
+from extractor.util.atomic import write_text_atomic
+from extractor.util.progress import Progress
 from index.factory import EXACT_MAX, ivf_nlist, training_size
 
 BATCH = 4_096
@@ -42,8 +42,10 @@ class DedupReport:
 
     def summary(self, out: str | os.PathLike[str] | None = None) -> str:
         where = f" -> {out}" if out is not None else ""
-        return (f"dedup: near-duplicate groups: {len(self.groups)} ({sum(map(len, self.groups))} images, "
-                f"{self.duplicates} redundant) among {self.count:,} images at cosine >= {self.threshold}{where}")
+        return (
+            f"dedup: near-duplicate groups: {len(self.groups)} ({sum(map(len, self.groups))} images, "
+            f"{self.duplicates} redundant) among {self.count:,} images at cosine >= {self.threshold}{where}"
+        )
 
 
 class _UnionFind:
@@ -77,8 +79,9 @@ def _range_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
     return index
 
 
-def duplicate_groups(vectors: np.ndarray, threshold: float = 0.95, exact_max: int = EXACT_MAX,
-                     progress: bool | None = None) -> list[np.ndarray]:
+def duplicate_groups(
+    vectors: np.ndarray, threshold: float = 0.95, exact_max: int = EXACT_MAX, progress: bool | None = None
+) -> list[np.ndarray]:
     """Row numbers of each group of vectors linked by cosine ≥ ``threshold`` (directly or through others);
     groups of two or more, largest first."""
     if not 0.0 < threshold <= 1.0:
@@ -92,7 +95,7 @@ def duplicate_groups(vectors: np.ndarray, threshold: float = 0.95, exact_max: in
     sets = _UnionFind(n)
     with Progress(n if n > BATCH else 0, "dedup", enabled=progress, unit="img") as bar:
         for start in range(0, n, BATCH):
-            lims, _, found = index.range_search(x[start:start + BATCH], radius)
+            lims, _, found = index.range_search(x[start : start + BATCH], radius)
             lims = lims.astype(np.int64)
             rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
             for a, b in zip(rows[rows < found].tolist(), found[rows < found].tolist()):
@@ -105,8 +108,9 @@ def duplicate_groups(vectors: np.ndarray, threshold: float = 0.95, exact_max: in
     return sorted((g for g in groups if len(g) > 1), key=len, reverse=True)
 
 
-def dedup_dataset(emb_dir: str | os.PathLike[str], threshold: float = 0.95,
-                  progress: bool | None = None) -> DedupReport:
+def dedup_dataset(
+    emb_dir: str | os.PathLike[str], threshold: float = 0.95, progress: bool | None = None
+) -> DedupReport:
     """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path."""
     dataset = load_dataset(emb_dir, columns=("id", "path"))
     groups = []

@@ -83,8 +83,9 @@ def ivf_nlist(count: int) -> int:
 
 def quantiser_centroids(factory: str) -> list[tuple[str, int]]:
     """(kind, centroids) of each trained quantiser in a factory string: ``IVF`` lists, ``PQ`` codebook size."""
-    return ([("IVF", int(m.group(1))) for m in _IVF_RE.finditer(factory)]
-            + [("PQ", 2 ** int(m.group(2) or 8)) for m in _PQ_RE.finditer(factory)])
+    return [("IVF", int(m.group(1))) for m in _IVF_RE.finditer(factory)] + [
+        ("PQ", 2 ** int(m.group(2) or 8)) for m in _PQ_RE.finditer(factory)
+    ]
 
 
 def training_size(count: int, factory: str) -> int:
@@ -116,15 +117,15 @@ def estimate_bytes(count: int, dim: int, codec_bytes: float, nlist: int = 0) -> 
     return int(count * (codec_bytes + ID_OVERHEAD_BYTES) + nlist * dim * 4)
 
 
-def choose_factory(count: int, dim: int, memory_budget: int | None = None,
-                   exact_max: int = EXACT_MAX) -> FactoryChoice:
+def choose_factory(count: int, dim: int, memory_budget: int | None = None, exact_max: int = EXACT_MAX) -> FactoryChoice:
     """The factory string ``auto`` uses for ``count`` vectors of ``dim`` within ``memory_budget`` bytes."""
     if count <= 0:
         raise IndexDirError("cannot index an empty dataset: it holds no vectors")
     nlist = 0 if count <= exact_max else ivf_nlist(count)
     prefix = f"IVF{nlist}," if nlist else ""
-    where = f"{count:,} vectors" + (f" > {exact_max:,}: inverted file with {nlist} lists" if nlist
-                                    else f" <= {exact_max:,}: exact scan")
+    where = f"{count:,} vectors" + (
+        f" > {exact_max:,}: inverted file with {nlist} lists" if nlist else f" <= {exact_max:,}: exact scan"
+    )
     codecs = _codecs(dim)
     for rank, (codec, per_vector) in enumerate(codecs):
         need = estimate_bytes(count, dim, per_vector, nlist)
@@ -132,14 +133,19 @@ def choose_factory(count: int, dim: int, memory_budget: int | None = None,
             factory = "Flat" if codec == "Flat" and not nlist else prefix + codec
             budget = "" if memory_budget is None else f", {_size(need)} within the {_size(memory_budget)} budget"
             if rank >= LOSSY_RANK:
-                log.warning("memory budget %s forces %s: expect recall@10 well below the target (8-bit codes "
-                            "would need %s)", _size(memory_budget), factory,
-                            _size(estimate_bytes(count, dim, dim, nlist)))
+                log.warning(
+                    "memory budget %s forces %s: expect recall@10 well below the target (8-bit codes would need %s)",
+                    _size(memory_budget),
+                    factory,
+                    _size(estimate_bytes(count, dim, dim, nlist)),
+                )
             return FactoryChoice(factory, where + budget)
     smallest = estimate_bytes(count, dim, codecs[-1][1], nlist)
-    raise IndexDirError(f"a memory budget of {_size(memory_budget)} is too small for {count:,} vectors of {dim} "
-                        f"dimensions: the smallest index alexfeat builds needs about {_size(smallest)}; raise "
-                        "--memory-budget or pass a --factory string")
+    raise IndexDirError(
+        f"a memory budget of {_size(memory_budget)} is too small for {count:,} vectors of {dim} "
+        f"dimensions: the smallest index alexfeat builds needs about {_size(smallest)}; raise "
+        "--memory-budget or pass a --factory string"
+    )
 
 
 def check_factory(factory: str, count: int) -> None:
@@ -149,16 +155,25 @@ def check_factory(factory: str, count: int) -> None:
     """
     if count <= 0:
         raise IndexDirError("cannot index an empty dataset: it holds no vectors")
-    advice = {"IVF": f"--factory IVF{max(1, count // MIN_POINTS_PER_LIST)},... or --factory auto",
-              "PQ": "fewer bits per code (PQ<M>x4fs) or --factory auto"}
+    advice = {
+        "IVF": f"--factory IVF{max(1, count // MIN_POINTS_PER_LIST)},... or --factory auto",
+        "PQ": "fewer bits per code (PQ<M>x4fs) or --factory auto",
+    }
     for kind, centroids in quantiser_centroids(factory):
         if centroids > count:
-            raise IndexDirError(f"--factory {factory!r} needs at least {centroids:,} vectors to train its {kind} "
-                                f"quantiser ({centroids:,} centroids) but the dataset has {count:,}; "
-                                f"use {advice[kind]}")
+            raise IndexDirError(
+                f"--factory {factory!r} needs at least {centroids:,} vectors to train its {kind} "
+                f"quantiser ({centroids:,} centroids) but the dataset has {count:,}; "
+                f"use {advice[kind]}"
+            )
         if centroids * MIN_POINTS_PER_LIST > count:
-            log.warning("%s: %d centroids trained on %d vectors (< %d per centroid) may cluster poorly",
-                        factory, centroids, count, MIN_POINTS_PER_LIST)
+            log.warning(
+                "%s: %d centroids trained on %d vectors (< %d per centroid) may cluster poorly",
+                factory,
+                centroids,
+                count,
+                MIN_POINTS_PER_LIST,
+            )
 
 
 def _size(n: int | None) -> str:

@@ -14,8 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from extractor.atomic import write_text_atomic
 from extractor.errors import AlexfeatError
+from extractor.util.atomic import write_text_atomic
 from index.search import Hit, QueryResult
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,13 @@ def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
 
 def _figure(image: Path | None, caption: str, css: str = "") -> str:
     uri = thumbnail_uri(image) if image is not None else None
-    picture = (f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not found</div>')
+    picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not found</div>'
     return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
 def _hit_caption(hit: Hit) -> str:
     label = f"<br>{html.escape(hit.label)}" if hit.label is not None else ""
-    return (f'#{hit.rank} <span class="score">{hit.score:.3f}</span>{label}<br>{html.escape(hit.path)}'
-            f"<br>id {hit.id}")
+    return f'#{hit.rank} <span class="score">{hit.score:.3f}</span>{label}<br>{html.escape(hit.path)}<br>id {hit.id}'
 
 
 def _query_title(result: QueryResult) -> str:
@@ -77,16 +76,20 @@ def render_page(results: Sequence[QueryResult], images_root: Path, title: str = 
         query_image = result.image_file or (images_root / result.query["path"] if "path" in result.query else None)
         figures = [_figure(query_image, "query", "query")]
         figures += [_figure(images_root / hit.path, _hit_caption(hit)) for hit in result.hits]
-        sections.append(f"<section><h2>{html.escape(_query_title(result))}</h2>"
-                        f'<div class="row">{"".join(figures)}</div></section>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="meta">queries: {len(results)}; score = cosine similarity; images from '
-            f"{html.escape(str(images_root))}</p>{''.join(sections)}</body></html>\n")
+        sections.append(
+            f'<section><h2>{html.escape(_query_title(result))}</h2><div class="row">{"".join(figures)}</div></section>'
+        )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f'<p class="meta">queries: {len(results)}; score = cosine similarity; images from '
+        f"{html.escape(str(images_root))}</p>{''.join(sections)}</body></html>\n"
+    )
 
 
-def write_page(results: Sequence[QueryResult], images_root: Path, out: str | os.PathLike[str],
-               title: str = "alexfeat search") -> None:
+def write_page(
+    results: Sequence[QueryResult], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat search"
+) -> None:
     """Write the results page to ``out`` atomically."""
     try:
         write_text_atomic(out, render_page(results, images_root, title))

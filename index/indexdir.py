@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from extractor.atomic import atomic_path, write_text_atomic
 from extractor.errors import DatasetError, IndexDirError
 from extractor.store import EmbeddingMeta
+from extractor.util.atomic import atomic_path, write_text_atomic
 from index.ops import faiss_reason
 
 FORMAT_VERSION = 1
@@ -36,14 +36,24 @@ INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
-REQUIRED_KEYS = ("factory", "metric", "dim", "count", "search_params", "recall_at_10", "build_seconds",
-                 "embedding_metadata")
-LOOKUP_SCHEMA = pa.schema([
-    pa.field("id", pa.int64(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("label", pa.string(), nullable=True),
-    pa.field("sha256", pa.binary(32), nullable=False),
-])
+REQUIRED_KEYS = (
+    "factory",
+    "metric",
+    "dim",
+    "count",
+    "search_params",
+    "recall_at_10",
+    "build_seconds",
+    "embedding_metadata",
+)
+LOOKUP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=True),
+        pa.field("sha256", pa.binary(32), nullable=False),
+    ]
+)
 
 
 @dataclass
@@ -56,8 +66,7 @@ class Lookup:
     sha256: list[bytes]
 
     @classmethod
-    def from_rows(cls, ids: np.ndarray, paths: list[str], labels: list[str | None],
-                  sha256: list[bytes]) -> Lookup:
+    def from_rows(cls, ids: np.ndarray, paths: list[str], labels: list[str | None], sha256: list[bytes]) -> Lookup:
         order = np.argsort(ids, kind="stable")
         ids = np.asarray(ids, dtype=np.int64)[order]
         if ids.size > 1 and not (np.diff(ids) > 0).all():
@@ -89,8 +98,12 @@ class Lookup:
     def select(self, keep: np.ndarray) -> Lookup:
         """The rows where the boolean mask ``keep`` is true."""
         rows = np.flatnonzero(keep).tolist()
-        return Lookup(self.ids[keep], [self.paths[i] for i in rows], [self.labels[i] for i in rows],
-                      [self.sha256[i] for i in rows])
+        return Lookup(
+            self.ids[keep],
+            [self.paths[i] for i in rows],
+            [self.labels[i] for i in rows],
+            [self.sha256[i] for i in rows],
+        )
 
     def without(self, ids: np.ndarray) -> Lookup:
         return self.select(~np.isin(self.ids, ids))
@@ -98,18 +111,32 @@ class Lookup:
     def merged(self, other: Lookup) -> Lookup:
         """These rows with ``other``'s added; ``other`` wins where both have an id."""
         mine = self.without(other.ids)
-        return Lookup.from_rows(np.concatenate([mine.ids, other.ids]), mine.paths + other.paths,
-                                mine.labels + other.labels, mine.sha256 + other.sha256)
+        return Lookup.from_rows(
+            np.concatenate([mine.ids, other.ids]),
+            mine.paths + other.paths,
+            mine.labels + other.labels,
+            mine.sha256 + other.sha256,
+        )
 
     def to_table(self) -> pa.Table:
-        return pa.Table.from_arrays([pa.array(self.ids, pa.int64()), pa.array(self.paths, pa.string()),
-                                     pa.array(self.labels, pa.string()), pa.array(self.sha256, pa.binary(32))],
-                                    schema=LOOKUP_SCHEMA)
+        return pa.Table.from_arrays(
+            [
+                pa.array(self.ids, pa.int64()),
+                pa.array(self.paths, pa.string()),
+                pa.array(self.labels, pa.string()),
+                pa.array(self.sha256, pa.binary(32)),
+            ],
+            schema=LOOKUP_SCHEMA,
+        )
 
     @classmethod
     def from_table(cls, table: pa.Table) -> Lookup:
-        return cls.from_rows(table.column("id").to_numpy(), table.column("path").to_pylist(),
-                             table.column("label").to_pylist(), table.column("sha256").to_pylist())
+        return cls.from_rows(
+            table.column("id").to_numpy(),
+            table.column("path").to_pylist(),
+            table.column("label").to_pylist(),
+            table.column("sha256").to_pylist(),
+        )
 
 
 @dataclass
@@ -129,8 +156,9 @@ class IndexDir:
     @property
     def meta(self) -> EmbeddingMeta:
         try:
-            return EmbeddingMeta.from_json(json.dumps(self.info["embedding_metadata"]),
-                                           where=str(self.path / INFO_FILE))
+            return EmbeddingMeta.from_json(
+                json.dumps(self.info["embedding_metadata"]), where=str(self.path / INFO_FILE)
+            )
         except DatasetError as exc:
             raise IndexDirError(str(exc)) from None
 
@@ -140,8 +168,10 @@ class IndexDir:
 
 
 def _fail(directory: Path, problem: str) -> IndexDirError:
-    return IndexDirError(f"{directory} is not a usable alexfeat index: {problem}. Rebuild it with "
-                         f"`alexfeat index build EMB_DIR -o {directory}`")
+    return IndexDirError(
+        f"{directory} is not a usable alexfeat index: {problem}. Rebuild it with "
+        f"`alexfeat index build EMB_DIR -o {directory}`"
+    )
 
 
 def prepare_output(directory: str | os.PathLike[str]) -> Path:
@@ -150,20 +180,31 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IndexDirError(f"cannot create index directory {directory} ({exc.strerror}); choose a writable "
-                            "place") from None
+        raise IndexDirError(
+            f"cannot create index directory {directory} ({exc.strerror}); choose a writable place"
+        ) from None
     if not directory.is_dir():
         raise IndexDirError(f"{directory} exists and is not a directory")
-    foreign = [n for n in sorted(os.listdir(directory))
-               if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)]
+    foreign = [
+        n
+        for n in sorted(os.listdir(directory))
+        if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)
+    ]
     if foreign and not (directory / INFO_FILE).exists():
-        raise IndexDirError(f"{directory} is not empty and holds no alexfeat index ({', '.join(foreign[:3])}); "
-                            "choose a new or empty directory")
+        raise IndexDirError(
+            f"{directory} is not empty and holds no alexfeat index ({', '.join(foreign[:3])}); "
+            "choose a new or empty directory"
+        )
     return directory
 
 
-def write_index_dir(directory: Path, info: dict[str, Any], lookup: Lookup, index: faiss.Index | None = None,
-                    masked: np.ndarray | None = None) -> dict[str, Any]:
+def write_index_dir(
+    directory: Path,
+    info: dict[str, Any],
+    lookup: Lookup,
+    index: faiss.Index | None = None,
+    masked: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Write the directory's files atomically, ``index.json`` last; ``index=None`` keeps ``index.faiss`` as it is.
 
     Fills in the bookkeeping keys of ``info`` (count, file sizes, masked count) and returns it.
@@ -182,14 +223,17 @@ def write_index_dir(directory: Path, info: dict[str, Any], lookup: Lookup, index
                 np.save(fh, masked)
         elif masked_path.exists():
             masked_path.unlink()
-        info.update(count=len(lookup), masked_count=int(masked.size), masked_ids_file=MASKED_FILE if masked.size
-                    else None, format_version=FORMAT_VERSION,
-                    files={name: (directory / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)})
+        info.update(
+            count=len(lookup),
+            masked_count=int(masked.size),
+            masked_ids_file=MASKED_FILE if masked.size else None,
+            format_version=FORMAT_VERSION,
+            files={name: (directory / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
+        )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the DESIGN.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")
     except (OSError, RuntimeError) as exc:
-        raise IndexDirError(f"cannot write the index to {directory} ({exc}); check the space and permissions") \
-            from None
+        raise IndexDirError(f"cannot write the index to {directory} ({exc}); check the space and permissions") from None
     return info
 
 
@@ -197,8 +241,9 @@ def read_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``index.json`` of an index directory, checked for the required keys and a readable format version."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise IndexDirError(f"index directory {directory} does not exist; build it with "
-                            f"`alexfeat index build EMB_DIR -o {directory}`")
+        raise IndexDirError(
+            f"index directory {directory} does not exist; build it with `alexfeat index build EMB_DIR -o {directory}`"
+        )
     path = directory / INFO_FILE
     try:
         info = json.loads(path.read_text("utf-8"))
@@ -212,8 +257,10 @@ def read_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise _fail(directory, f"{INFO_FILE} lacks {', '.join(missing)}")
     if int(info.get("format_version", 1)) > FORMAT_VERSION:
-        raise IndexDirError(f"{directory} was written by a newer alexfeat (index format {info['format_version']}); "
-                            "upgrade alexfeat to read it")
+        raise IndexDirError(
+            f"{directory} was written by a newer alexfeat (index format {info['format_version']}); "
+            "upgrade alexfeat to read it"
+        )
     return info
 
 
@@ -224,8 +271,9 @@ def _checked_size(directory: Path, name: str, info: dict[str, Any]) -> Path:
     expected = info.get("files", {}).get(name)
     actual = path.stat().st_size
     if expected is not None and actual != expected:
-        raise _fail(directory, f"{name} is {actual:,} bytes but {INFO_FILE} recorded {expected:,}: it was cut short "
-                    "or replaced")
+        raise _fail(
+            directory, f"{name} is {actual:,} bytes but {INFO_FILE} recorded {expected:,}: it was cut short or replaced"
+        )
     return path
 
 
@@ -256,8 +304,9 @@ def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
         except (OSError, ValueError) as exc:
             raise _fail(directory, f"{info['masked_ids_file']} cannot be read ({exc})") from None
         if masked.size != int(info.get("masked_count", masked.size)):
-            raise _fail(directory, f"{info['masked_ids_file']} holds {masked.size} ids, {INFO_FILE} says "
-                        f"{info['masked_count']}")
+            raise _fail(
+                directory, f"{info['masked_ids_file']} holds {masked.size} ids, {INFO_FILE} says {info['masked_count']}"
+            )
     return IndexDir(directory, index, info, lookup, masked)
 
 
@@ -272,7 +321,9 @@ def resolve_targets(current: IndexDir, ids: Iterable[int] = (), paths: Iterable[
     if unknown_paths or unknown_ids:
         named = [f"path {p!r}" for p in unknown_paths[:3]] + [f"id {i}" for i in unknown_ids[:3]]
         more = len(unknown_paths) + len(unknown_ids) - len(named)
-        raise IndexDirError(f"{', '.join(named)}{f' and {more} more' if more > 0 else ''} not in the index "
-                            f"{current.path}; paths are relative to the embedded folder, ids are the dataset's "
-                            f"`id` column (see {current.path / 'ids.parquet'})")
+        raise IndexDirError(
+            f"{', '.join(named)}{f' and {more} more' if more > 0 else ''} not in the index "
+            f"{current.path}; paths are relative to the embedded folder, ids are the dataset's "
+            f"`id` column (see {current.path / 'ids.parquet'})"
+        )
     return wanted

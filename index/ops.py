@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from extractor.errors import IndexDirError
-from extractor.progress import Progress
+from extractor.util.progress import Progress
 
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 ADD_CHUNK = 65_536
@@ -29,8 +29,10 @@ def as_matrix(vectors: np.ndarray, dim: int | None = None, what: str = "vectors"
     if x.ndim != 2:
         raise IndexDirError(f"{what} must be a matrix (N, dim), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise IndexDirError(f"{what} have {x.shape[1]} dimensions but the index has {dim}: they come from another "
-                            "model, layer or pooling; query with embeddings made like the index's")
+        raise IndexDirError(
+            f"{what} have {x.shape[1]} dimensions but the index has {dim}: they come from another "
+            "model, layer or pooling; query with embeddings made like the index's"
+        )
     if not np.isfinite(x).all():
         raise IndexDirError(f"{what} hold NaN or infinite values")
     return x
@@ -55,8 +57,10 @@ def create(factory: str, dim: int) -> tuple[faiss.Index, str]:
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise IndexDirError(f"FAISS cannot build --factory {factory!r} ({faiss_reason(exc)}); see the FAISS wiki page "
-                            "'The index factory', or use --factory auto") from None
+        raise IndexDirError(
+            f"FAISS cannot build --factory {factory!r} ({faiss_reason(exc)}); see the FAISS wiki page "
+            "'The index factory', or use --factory auto"
+        ) from None
     if not takes_ids(index):
         factory = f"IDMap2,{factory}"
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -111,8 +115,11 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
         return faiss.vector_to_array(inner.id_map).astype(np.int64)
     ivf = faiss.extract_index_ivf(index)
     invlists = ivf.invlists
-    parts = [faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
-             for k in range(ivf.nlist) if invlists.list_size(k)]
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
+        for k in range(ivf.nlist)
+        if invlists.list_size(k)
+    ]
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
@@ -123,8 +130,9 @@ def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
         try:
             rows.append(index.reconstruct(int(i)))
         except RuntimeError as exc:
-            raise IndexDirError(f"the index cannot return the stored vector of id {i} ({faiss_reason(exc)}); "
-                                "query by image instead") from None
+            raise IndexDirError(
+                f"the index cannot return the stored vector of id {i} ({faiss_reason(exc)}); query by image instead"
+            ) from None
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, index.d), np.float32)
 
 
@@ -199,8 +207,13 @@ class _Params:
         return params
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None,
-           masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    params: Mapping[str, int] | None = None,
+    masked: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query, never returning a ``masked`` id; missing results are id -1, score -inf.
 
     ``params`` are search parameters (``tunable``), passed per call so the index itself is not changed. Masked

@@ -33,8 +33,7 @@ class Hit:
     score: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "label": self.label,
-                "score": round(self.score, 6)}
+        return {"rank": self.rank, "id": self.id, "path": self.path, "label": self.label, "score": round(self.score, 6)}
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,16 @@ class Searcher:
             found, sims = row_ids[valid], row_scores[valid]
             pos = lookup.positions(found)
             if (pos < 0).any():
-                raise IndexDirError(f"{self.dir.path}: index.faiss returned ids missing from ids.parquet "
-                                    f"({found[pos < 0][:3].tolist()}); the files disagree: rebuild the index")
-            results.append([Hit(rank + 1, int(i), lookup.paths[p], lookup.labels[p], float(s))
-                            for rank, (i, p, s) in enumerate(zip(found.tolist(), pos.tolist(), sims.tolist()))])
+                raise IndexDirError(
+                    f"{self.dir.path}: index.faiss returned ids missing from ids.parquet "
+                    f"({found[pos < 0][:3].tolist()}); the files disagree: rebuild the index"
+                )
+            results.append(
+                [
+                    Hit(rank + 1, int(i), lookup.paths[p], lookup.labels[p], float(s))
+                    for rank, (i, p, s) in enumerate(zip(found.tolist(), pos.tolist(), sims.tolist()))
+                ]
+            )
         return results
 
     def _by_ids(self, ids: np.ndarray, k: int) -> list[QueryResult]:
@@ -95,8 +100,10 @@ class Searcher:
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
         found = self.search_vectors(vectors, k + TIE_SLACK)  # room for the item among exact duplicates
-        return [QueryResult({"id": int(i), "path": lookup.paths[p]}, _self_first(hits, i)[:k])
-                for i, p, hits in zip(ids.tolist(), pos.tolist(), found)]
+        return [
+            QueryResult({"id": int(i), "path": lookup.paths[p]}, _self_first(hits, i)[:k])
+            for i, p, hits in zip(ids.tolist(), pos.tolist(), found)
+        ]
 
     def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
         """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
@@ -110,20 +117,22 @@ class Searcher:
         by_path = self.dir.lookup.path_to_id()
         return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k)
 
-    def search_images(self, files: Sequence[str | os.PathLike[str]], k: int = 10,
-                      weights: str | None = None) -> ImageQueries:
+    def search_images(
+        self, files: Sequence[str | os.PathLike[str]], k: int = 10, weights: str | None = None
+    ) -> ImageQueries:
         """Neighbours of image files, embedded with the model recorded in the index (``weights`` overrides the
         recorded source; a file with another sha256 is refused). Files that cannot be decoded are reported in
         ``errors`` and skipped."""
-        from extractor.discover import stored_name
-        from extractor.features import FeatureExtractor
+        from extractor.images.discover import stored_name
+        from extractor.network.features import FeatureExtractor
 
         extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
         names = [str(f) for f in files]
         vectors, ok, errors = extractor.embed_paths(names)
         hits = self.search_vectors(vectors, k) if len(ok) else []
-        results = [QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve())
-                   for i, h in zip(ok, hits)]  # UTF-8 text, as the index's own paths are
+        results = [
+            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)
+        ]  # UTF-8 text, as the index's own paths are
         return ImageQueries(results, list(errors))
 
 
@@ -141,6 +150,8 @@ def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = No
     root = Path(override) if override is not None else Path(searcher.dir.info["embedding_metadata"]["root"])
     if not root.is_dir():
         source = "given with --images-root" if override is not None else "recorded in the index"
-        raise AlexfeatError(f"the images folder {root} ({source}) does not exist here; pass --images-root with "
-                            "the folder that was embedded")
+        raise AlexfeatError(
+            f"the images folder {root} ({source}) does not exist here; pass --images-root with "
+            "the folder that was embedded"
+        )
     return root

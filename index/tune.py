@@ -50,8 +50,9 @@ class Tuning:
     tried: list[tuple[dict[str, int], float]] = field(default_factory=list)
 
 
-def recall_probe(vectors: np.ndarray, ids: np.ndarray, n_queries: int = RECALL_QUERIES,
-                 k: int = RECALL_K, seed: int = 0) -> RecallProbe:
+def recall_probe(
+    vectors: np.ndarray, ids: np.ndarray, n_queries: int = RECALL_QUERIES, k: int = RECALL_K, seed: int = 0
+) -> RecallProbe:
     """Sample up to ``n_queries`` rows of ``vectors`` and find their exact top-``k`` ids (k ≤ N) by brute force."""
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -70,8 +71,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def measure(index: faiss.Index, probe: RecallProbe, params: dict[str, int],
-            masked: np.ndarray | None = None) -> tuple[float, float]:
+def measure(
+    index: faiss.Index, probe: RecallProbe, params: dict[str, int], masked: np.ndarray | None = None
+) -> tuple[float, float]:
     """(recall, seconds) of searching the probe queries with ``params``; the faster of two timed passes."""
     best = float("inf")
     for _ in range(2):
@@ -112,23 +114,34 @@ def tune(index: faiss.Index, probe: RecallProbe, target: float, masked: np.ndarr
         return tried[key]
 
     candidates = []
-    for k_factor in (K_FACTORS if "k_factor" in knobs else (None,)):
+    for k_factor in K_FACTORS if "k_factor" in knobs else (None,):
         base = {} if k_factor is None else {"k_factor": k_factor}
         if primary is not None:
             start = max(_START[primary], probe.k if primary == "efSearch" else 1)
-            base[primary] = _smallest_reaching(lambda v, fixed=dict(base): recall_of({**fixed, primary: v}), start,
-                                               knobs[primary], target)
+            base[primary] = _smallest_reaching(
+                lambda v, fixed=dict(base): recall_of({**fixed, primary: v}), start, knobs[primary], target
+            )
         recall, seconds = measure(index, probe, base, masked)
         candidates.append(Tuning(base, recall, seconds, recall >= target))
         if recall >= target and (primary is None or base[primary] <= _START[primary]):
             break  # the cheapest setting of the knob already reaches it: deeper re-ranking only costs time
     reaching = [c for c in candidates if c.reached]
-    best = (min(reaching, key=lambda c: c.seconds) if reaching
-            else max(candidates, key=lambda c: (c.recall, -c.seconds)))
+    best = min(reaching, key=lambda c: c.seconds) if reaching else max(candidates, key=lambda c: (c.recall, -c.seconds))
     best.tried = [(dict(key), recall) for key, recall in tried.items()]
     if not best.reached:
-        log.warning("recall@%d %.3f is below the target %.3f even with %s; consider a more exact --factory or a "
-                    "larger --memory-budget", probe.k, best.recall, target, best.params or "the defaults")
-    log.info("tuned %s: recall@%d %.3f, %.0f queries/s", best.params or "(nothing to tune)", probe.k, best.recall,
-             len(probe.queries) / max(best.seconds, 1e-9))
+        log.warning(
+            "recall@%d %.3f is below the target %.3f even with %s; consider a more exact --factory or a "
+            "larger --memory-budget",
+            probe.k,
+            best.recall,
+            target,
+            best.params or "the defaults",
+        )
+    log.info(
+        "tuned %s: recall@%d %.3f, %.0f queries/s",
+        best.params or "(nothing to tune)",
+        probe.k,
+        best.recall,
+        len(probe.queries) / max(best.seconds, 1e-9),
+    )
     return best

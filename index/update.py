@@ -44,62 +44,85 @@ class UpdateSummary:
     seconds: float = 0.0
 
     def line(self, directory: str | os.PathLike[str]) -> str:
-        parts = [f"{self.added} added", f"{self.replaced} replaced", f"{self.removed} removed",
-                 f"{self.unchanged} unchanged"]
+        parts = [
+            f"{self.added} added",
+            f"{self.replaced} replaced",
+            f"{self.removed} removed",
+            f"{self.unchanged} unchanged",
+        ]
         extra = " (rebuilt: this index type cannot replace vectors)" if self.rebuilt else ""
         recall = f", recall@10 {self.recall_at_10:.3f}" if self.recall_at_10 is not None else ""
         return f"{directory}: {', '.join(parts)}; {self.count:,} vectors{recall}, {self.seconds:.1f} s{extra}"
 
 
-def add_to_index(index_dir: str | os.PathLike[str], emb_dir: str | os.PathLike[str],
-                 progress: bool | None = None) -> UpdateSummary:
+def add_to_index(
+    index_dir: str | os.PathLike[str], emb_dir: str | os.PathLike[str], progress: bool | None = None
+) -> UpdateSummary:
     """Add the rows of ``emb_dir`` that ``index_dir`` lacks and replace those whose sha256 changed."""
     start = time.perf_counter()
     index_dir, emb_dir = Path(index_dir), Path(emb_dir)
     with dataset_lock(index_dir):
         current = open_index_dir(index_dir)
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
-        current.meta.check_compatible(dataset.meta, f"{emb_dir} was embedded with other model settings than the "
-                                      f"index {index_dir} (index != dataset)", hint="Embed the images with the "
-                                      "index's model, or build a new index from this dataset")
+        current.meta.check_compatible(
+            dataset.meta,
+            f"{emb_dir} was embedded with other model settings than the index {index_dir} (index != dataset)",
+            hint="Embed the images with the index's model, or build a new index from this dataset",
+        )
         pos = current.lookup.positions(dataset.ids)
         known = pos >= 0
         changed = known.copy()
-        changed[known] = [dataset.sha256[i] != current.lookup.sha256[p]
-                          for i, p in zip(np.flatnonzero(known).tolist(), pos[known].tolist())]
+        changed[known] = [
+            dataset.sha256[i] != current.lookup.sha256[p]
+            for i, p in zip(np.flatnonzero(known).tolist(), pos[known].tolist())
+        ]
         fresh = ~known
         unchanged = int(known.sum() - changed.sum())
         if not (fresh | changed).any():
-            return UpdateSummary(unchanged=unchanged, count=len(current.lookup),
-                                 seconds=time.perf_counter() - start)
+            return UpdateSummary(unchanged=unchanged, count=len(current.lookup), seconds=time.perf_counter() - start)
         covered = bool(np.isin(current.lookup.ids, dataset.ids).all())
         stored_again = changed.any() or np.isin(dataset.ids[fresh], current.masked).any()
         if stored_again and current.info.get("removal") == "mask":
             if not covered:
-                raise IndexDirError(f"the index type of {index_dir} ({current.info['factory']}) cannot replace "
-                                    f"vectors, and {emb_dir} lacks some of its rows, so it cannot be rebuilt from "
-                                    "it; build a new index from a dataset holding all of them")
+                raise IndexDirError(
+                    f"the index type of {index_dir} ({current.info['factory']}) cannot replace "
+                    f"vectors, and {emb_dir} lacks some of its rows, so it cannot be rebuilt from "
+                    "it; build a new index from a dataset holding all of them"
+                )
             info = _rebuild(current, dataset, emb_dir, progress)
             recall: float | None = info["recall_at_10"]
         else:
             info, recall = _add_in_place(current, dataset, fresh | changed, changed, covered, progress)
-    return UpdateSummary(added=int(fresh.sum()), replaced=int(changed.sum()), unchanged=unchanged,
-                         count=info["count"], rebuilt=stored_again and current.info.get("removal") == "mask",
-                         recall_at_10=recall, seconds=time.perf_counter() - start)
+    return UpdateSummary(
+        added=int(fresh.sum()),
+        replaced=int(changed.sum()),
+        unchanged=unchanged,
+        count=info["count"],
+        rebuilt=stored_again and current.info.get("removal") == "mask",
+        recall_at_10=recall,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _rebuild(current: IndexDir, dataset: Dataset, emb_dir: Path, progress: bool | None) -> dict[str, Any]:
     """Build the index again from ``dataset`` with the settings it was built with (the factory ``auto`` chose
     afresh for the new count)."""
     old = current.info
-    built = build_index(dataset.vectors, dataset.ids, old.get("factory_requested", old["factory"]),
-                        old.get("memory_budget_bytes"), old.get("target_recall", 0.95), progress=progress)
+    built = build_index(
+        dataset.vectors,
+        dataset.ids,
+        old.get("factory_requested", old["factory"]),
+        old.get("memory_budget_bytes"),
+        old.get("target_recall", 0.95),
+        progress=progress,
+    )
     built.factory_requested = old.get("factory_requested", old["factory"])
     return write_index_dir(current.path, index_info(built, dataset, emb_dir), lookup_of(dataset), built.index)
 
 
-def _add_in_place(current: IndexDir, dataset: Dataset, insert: np.ndarray, changed: np.ndarray, covered: bool,
-                  progress: bool | None) -> tuple[dict[str, Any], float | None]:
+def _add_in_place(
+    current: IndexDir, dataset: Dataset, insert: np.ndarray, changed: np.ndarray, covered: bool, progress: bool | None
+) -> tuple[dict[str, Any], float | None]:
     """Remove the changed rows, add the ``insert`` rows, and re-tune when ``dataset`` holds every indexed row."""
     index, info = current.index, dict(current.info)
     if changed.any():
@@ -112,8 +135,9 @@ def _add_in_place(current: IndexDir, dataset: Dataset, insert: np.ndarray, chang
         live = np.flatnonzero(lookup.contains(dataset.ids))
         probe = recall_probe(dataset.vectors[live], dataset.ids[live])
         tuning = tune(index, probe, float(info.get("target_recall", 0.95)), current.masked)
-        info.update(search_params=tuning.params, recall_at_10=round(tuning.recall, 4),
-                    recall_queries=len(probe.queries))
+        info.update(
+            search_params=tuning.params, recall_at_10=round(tuning.recall, 4), recall_queries=len(probe.queries)
+        )
         recall = tuning.recall
     else:
         log.info("recall@10 not measured again: the dataset does not hold every indexed vector")
@@ -131,12 +155,18 @@ def _suggest_rebuild(info: dict[str, Any], count: int) -> None:
     except IndexDirError:
         return
     if now not in (info["factory"], info["factory"].removeprefix("IDMap2,")):
-        log.warning("the index now holds %d vectors: `--factory auto` would choose %s instead of %s; rebuild it "
-                    "with `alexfeat index build` for the best speed", count, now, info["factory"])
+        log.warning(
+            "the index now holds %d vectors: `--factory auto` would choose %s instead of %s; rebuild it "
+            "with `alexfeat index build` for the best speed",
+            count,
+            now,
+            info["factory"],
+        )
 
 
-def remove_from_index(index_dir: str | os.PathLike[str], ids: Iterable[int] = (),
-                      paths: Iterable[str] = ()) -> UpdateSummary:
+def remove_from_index(
+    index_dir: str | os.PathLike[str], ids: Iterable[int] = (), paths: Iterable[str] = ()
+) -> UpdateSummary:
     """Remove ``ids`` and ``paths`` from the index; masked at search time where the type cannot remove."""
     start = time.perf_counter()
     index_dir = Path(index_dir)

@@ -85,8 +85,8 @@ def model_rate(extractor, batch_size: int, batches: int = 8) -> float:
 def decode_rate(entries: list, resize, workers: int) -> float:
     """Files/s of the embed job's decode processes over ``entries``, from the first result on (worker start-up is
     the job's, not the stage's)."""
-    from extractor.decode_stream import decode_stream
-    from extractor.file_decoder import FileDecoder
+    from extractor.embed.decode_stream import decode_stream
+    from extractor.images.file_decoder import FileDecoder
 
     results = decode_stream(FileDecoder(resize), entries, workers, 1024)
     next(results)
@@ -97,7 +97,7 @@ def decode_rate(entries: list, resize, workers: int) -> float:
 
 def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
     """The first files of ``folder`` up to ``max_bytes`` (at least 64): a few seconds of decoding."""
-    from extractor.discover import discover
+    from extractor.images.discover import discover
 
     sample, held = [], 0
     for entry in discover(folder):
@@ -110,8 +110,22 @@ def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
 
 def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
     """Seconds of the whole ``alexfeat embed`` command, and of its job alone (the summary's wall time)."""
-    cmd = [sys.executable, "-m", "extractor.cli", "embed", str(folder), "-o", str(out), "--arch", "torchvision",
-           "--weights", "random", "--batch-size", str(batch_size), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "extractor.cli",
+        "embed",
+        str(folder),
+        "-o",
+        str(out),
+        "--arch",
+        "torchvision",
+        "--weights",
+        "random",
+        "--batch-size",
+        str(batch_size),
+        "--no-progress",
+    ]
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -120,8 +134,15 @@ def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
 
 def reference_once(python: str, folder: Path, batch_size: int, workers: int) -> float:
     """Images/s of the plain PyTorch pipeline (``torch_reference.py``) run by ``python``, whole run."""
-    cmd = [python, str(Path(__file__).with_name("torch_reference.py")), str(folder), "--batch-size", str(batch_size),
-           "--workers", str(workers)]
+    cmd = [
+        python,
+        str(Path(__file__).with_name("torch_reference.py")),
+        str(folder),
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        str(workers),
+    ]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
@@ -146,8 +167,16 @@ def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) 
         model, decode = model_rate(extractor, args.batch_size), decode_rate(sample, extractor.resize_spec, workers)
         bound = 1.0 / (1.0 / model + 1.0 / decode)
         whole, job = embed_once(folder, out, args.batch_size)
-        row = {"model": model, "decode": decode, "bound": bound, "embed": count / whole, "job": count / job,
-               "ratio": count / whole / bound, "job_ratio": count / job / bound, "extra": whole - count / bound}
+        row = {
+            "model": model,
+            "decode": decode,
+            "bound": bound,
+            "embed": count / whole,
+            "job": count / job,
+            "ratio": count / whole / bound,
+            "job_ratio": count / job / bound,
+            "extra": whole - count / bound,
+        }
         if args.reference_python:
             read_all(folder)
             row["torch"] = reference_once(args.reference_python, folder, args.batch_size, workers)
@@ -169,34 +198,43 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
-    parser.add_argument("--reference-python", default=None, metavar="PYTHON",
-                        help="a Python with torch, numpy and Pillow: also time scripts/torch_reference.py, the plain "
-                             "PyTorch pipeline, on each set (whole run, same decode processes)")
+    parser.add_argument(
+        "--reference-python",
+        default=None,
+        metavar="PYTHON",
+        help="a Python with torch, numpy and Pillow: also time scripts/torch_reference.py, the plain "
+        "PyTorch pipeline, on each set (whole run, same decode processes)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from extractor.features import FeatureExtractor
-    from extractor.stream import usable_cpus
-    from extractor.tf_runtime import import_tensorflow
+    from extractor.network.features import FeatureExtractor
+    from extractor.network.tf_runtime import import_tensorflow
+    from extractor.parallel.stream import usable_cpus
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alexfeat-bench-"))
     workers = usable_cpus()
     import_tensorflow()
     extractor = FeatureExtractor("random", arch="torchvision")
     print(f"batch {args.batch_size}, {workers} cores, medians of {args.repeats} repeats (ratios per repeat)")
-    print(f"{'set':<6} {'size':>10} {'n':>5} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} "
-          f"{'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
-          + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else ""))
+    print(
+        f"{'set':<6} {'size':>10} {'n':>5} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} "
+        f"{'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
+        + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else "")
+    )
     for name, sizes in (("small", args.small), ("large", args.large)):
         for count in sizes:
             folder = make_set(workdir, name, count)
             r = measure(extractor, folder, count, workdir / f"emb-{name}", args, workers)
             width, height = SETS[name]
             reference = f" {r['torch']:>8.1f} {r['vs_torch']:>11.2f}" if args.reference_python else ""
-            print(f"{name:<6} {width:>5}x{height:<4} {count:>5} {r['model']:>8.1f} {r['decode']:>9.1f} "
-                  f"{r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} {r['lowest']:>6.2f} {r['job']:>7.1f} "
-                  f"{r['job_ratio']:>9.2f} {r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f}"
-                  f"{reference}", flush=True)
+            print(
+                f"{name:<6} {width:>5}x{height:<4} {count:>5} {r['model']:>8.1f} {r['decode']:>9.1f} "
+                f"{r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} {r['lowest']:>6.2f} {r['job']:>7.1f} "
+                f"{r['job_ratio']:>9.2f} {r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f}"
+                f"{reference}",
+                flush=True,
+            )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -52,10 +52,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
-    from extractor.tf_runtime import import_tensorflow
+    from extractor.network.tf_runtime import import_tensorflow
 
     import_tensorflow()
-    from extractor.heads import HEAD_KINDS, TrainConfig, train_head
+    from extractor.heads.train import HEAD_KINDS, TrainConfig, train_head
     from extractor.store import load_dataset
 
     data = load_dataset(args.emb_dir)
@@ -65,7 +65,7 @@ def main() -> None:
     meta = data.meta
     results: dict[str, object] = {
         "embeddings": f"{meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d, {len(keep)} labelled vectors, "
-                      f"{len(set(labels))} classes",
+        f"{len(set(labels))} classes",
         "threads": os.cpu_count(),
     }
 
@@ -80,8 +80,10 @@ def main() -> None:
         return float(np.mean(predicted == test_labels))
 
     for kind in HEAD_KINDS:
-        runs = [train_head(vectors, paths, labels, TrainConfig(kind, seed=seed), progress=False).metrics
-                for seed in range(args.repeats)]
+        runs = [
+            train_head(vectors, paths, labels, TrainConfig(kind, seed=seed), progress=False).metrics
+            for seed in range(args.repeats)
+        ]
         results[kind] = {
             "train_seconds_median": statistics.median(m["train_seconds"] for m in runs),
             "train_seconds": [m["train_seconds"] for m in runs],
@@ -108,13 +110,17 @@ def main() -> None:
         print(json.dumps(results, indent=1))
         return
     print(f"{results['embeddings']}; {results['threads']} CPU threads")
-    print(f"{'head':<8}{'train s (median)':>18}{'epochs (median)':>17}{'val acc (20 %)':>16}{'probe, split':>14}"
-          f"{'probe, all':>12}")
+    print(
+        f"{'head':<8}{'train s (median)':>18}{'epochs (median)':>17}{'val acc (20 %)':>16}{'probe, split':>14}"
+        f"{'probe, all':>12}"
+    )
     for kind in HEAD_KINDS:
         r = results[kind]
-        print(f"{kind:<8}{r['train_seconds_median']:>18.2f}{statistics.median(r['epochs']):>17.0f}"
-              f"{r['val_accuracy_mean']:>16.3f}"
-              f"{r['probe_accuracy_split']:>14.3f}{r['probe_accuracy_all']:>12.3f}")
+        print(
+            f"{kind:<8}{r['train_seconds_median']:>18.2f}{statistics.median(r['epochs']):>17.0f}"
+            f"{r['val_accuracy_mean']:>16.3f}"
+            f"{r['probe_accuracy_split']:>14.3f}{r['probe_accuracy_all']:>12.3f}"
+        )
     if results["sklearn_probe_accuracy"] is not None:
         print(f"scikit-learn LogisticRegression(C=10) probe on these vectors: {results['sklearn_probe_accuracy']:.3f}")
     if results["reference_probe_accuracy"] is not None:

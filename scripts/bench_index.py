@@ -100,19 +100,38 @@ def bench(name: str, base: np.ndarray, queries: np.ndarray, args: argparse.Names
     params = built.search_params
     _, found = ops.search(built.index, queries, K, params)
     qps = timed_qps(lambda q: ops.search(built.index, q, K, params), queries, args.repeats)
-    rows.append(Row(name, n, "auto", built.factory, ",".join(f"{k}={v}" for k, v in params.items()) or "-",
-                    build_s, size_mb, qps, recall_at_k(found, truth), qps / exact_qps))
-    print(f"  {name}: auto phases {built.phase_seconds}, in-sample recall@10 {built.recall_at_10:.3f}",
-          file=sys.stderr, flush=True)
+    rows.append(
+        Row(
+            name,
+            n,
+            "auto",
+            built.factory,
+            ",".join(f"{k}={v}" for k, v in params.items()) or "-",
+            build_s,
+            size_mb,
+            qps,
+            recall_at_k(found, truth),
+            qps / exact_qps,
+        )
+    )
+    print(
+        f"  {name}: auto phases {built.phase_seconds}, in-sample recall@10 {built.recall_at_10:.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"{'data':<22} {'N':>9} {'method':<6} {'factory':<20} {'params':<12} {'build s':>8} {'size MB':>8} "
-          f"{'queries/s':>10} {'recall@10':>9} {'x exact':>8}")
+    print(
+        f"{'data':<22} {'N':>9} {'method':<6} {'factory':<20} {'params':<12} {'build s':>8} {'size MB':>8} "
+        f"{'queries/s':>10} {'recall@10':>9} {'x exact':>8}"
+    )
     for r in rows:
-        print(f"{r.data:<22} {r.n:>9,} {r.method:<6} {r.factory:<20} {r.params:<12} {r.build_s:>8.1f} "
-              f"{r.size_mb:>8.1f} {r.qps:>10,.0f} {r.recall:>9.3f} {r.speedup:>8.1f}")
+        print(
+            f"{r.data:<22} {r.n:>9,} {r.method:<6} {r.factory:<20} {r.params:<12} {r.build_s:>8.1f} "
+            f"{r.size_mb:>8.1f} {r.qps:>10,.0f} {r.recall:>9.3f} {r.speedup:>8.1f}"
+        )
 
 
 def main() -> None:
@@ -131,9 +150,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    print(f"FAISS {faiss.__version__}, {faiss.omp_get_max_threads()} threads; mixture of {args.clusters} "
-          f"components, spread {args.spread}, {args.dim}-d; {args.queries} held-out queries; k={K}",
-          file=sys.stderr, flush=True)
+    print(
+        f"FAISS {faiss.__version__}, {faiss.omp_get_max_threads()} threads; mixture of {args.clusters} "
+        f"components, spread {args.spread}, {args.dim}-d; {args.queries} held-out queries; k={K}",
+        file=sys.stderr,
+        flush=True,
+    )
     rows: list[Row] = []
     for text in filter(None, args.sizes.split(",")):
         n = parse_size(text)

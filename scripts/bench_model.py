@@ -2,7 +2,7 @@
 
 Measures, in one run: numpy/OpenBLAS sgemm GFLOP/s (2048^3 float32, all cores), the bound it implies in
 images/s (sgemm GFLOP/s / conv GFLOP per image), and images/s at batch 1, 16 and 64 for ``model.predict`` and
-for the compiled path the embed job uses (:class:`extractor.features.FeatureExtractor`). Speed does not
+for the compiled path the embed job uses (:class:`extractor.network.features.FeatureExtractor`). Speed does not
 depend on the weights, so random weights are used. Medians over repeats; ratios to the bound.
 
     python scripts/bench_model.py [--arch torchvision caffe] [--repeats 5]
@@ -53,13 +53,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from extractor.archs import flops_per_image
-    from extractor.features import FeatureExtractor
+    from extractor.network.archs import flops_per_image
+    from extractor.network.features import FeatureExtractor
 
     gflops = sgemm_gflops()
     print(f"sgemm 2048^3 float32: {gflops:.1f} GFLOP/s on {os.cpu_count()} cores")
-    print(f"{'arch':<12} {'GFLOP/img':>9} {'bound':>7} {'batch':>5} {'predict':>9} {'compiled':>9} "
-          f"{'predict/bound':>13} {'compiled/bound':>14}")
+    print(
+        f"{'arch':<12} {'GFLOP/img':>9} {'bound':>7} {'batch':>5} {'predict':>9} {'compiled':>9} "
+        f"{'predict/bound':>13} {'compiled/bound':>14}"
+    )
     for arch in args.arch:
         extractor = FeatureExtractor("random", arch=arch)
         model = extractor.model  # uint8 in; predict on the same graph for a like-for-like comparison
@@ -69,11 +71,14 @@ def main() -> None:
         size = extractor.spec.input_size
         for batch_size in args.batches:
             batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-            predict = images_per_second(lambda b: model.predict(b, verbose=0, batch_size=len(b)), batch,
-                                        args.repeats)
+            predict = images_per_second(
+                lambda b, model=model: model.predict(b, verbose=0, batch_size=len(b)), batch, args.repeats
+            )
             compiled = images_per_second(extractor, batch, args.repeats)
-            print(f"{arch:<12} {per_image:>9.3f} {bound:>7.1f} {batch_size:>5} {predict:>9.1f} {compiled:>9.1f} "
-                  f"{predict / bound:>13.2f} {compiled / bound:>14.2f}")
+            print(
+                f"{arch:<12} {per_image:>9.3f} {bound:>7.1f} {batch_size:>5} {predict:>9.1f} {compiled:>9.1f} "
+                f"{predict / bound:>13.2f} {compiled / bound:>14.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -103,12 +103,15 @@ def main() -> None:
         for post in args.post:
             rows.append((f"{desc} +{post}", meta.dim, evaluate(signed_sqrt(vectors), labels), 0.0))
 
-    print(f"{len(labels)} images, {len(set(labels))} classes; reference (DESIGN.md, caffe pool5 avg): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in REFERENCE.items()))
+    print(
+        f"{len(labels)} images, {len(set(labels))} classes; reference (DESIGN.md, caffe pool5 avg): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in REFERENCE.items())
+    )
     print(f"{'embedding':<58} {'D':>5} {'P@10':>6} {'mAP':>6} {'probe':>6} {'embed s':>8}")
     for desc, dim, scores, seconds in rows:
-        print(f"{desc:<58} {dim:>5} {scores['P@10']:>6.3f} {scores['mAP']:>6.3f} {scores['probe']:>6.3f} "
-              f"{seconds:>8.1f}")
+        print(
+            f"{desc:<58} {dim:>5} {scores['P@10']:>6.3f} {scores['mAP']:>6.3f} {scores['probe']:>6.3f} {seconds:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,19 @@ def features() -> torch.nn.Module:
     """torchvision's ``alexnet().features`` (64-192-384-256-256), written out."""
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 64, 11, 4, 2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
     ).eval()
 
 
@@ -61,8 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images_dir", type=Path)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else os.cpu_count())
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    )
     args = parser.parse_args()
     paths = sorted(str(p) for p in args.images_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     model = features().to(memory_format=torch.channels_last)
@@ -78,8 +89,7 @@ def main() -> None:
         if batch:
             done += embed(model, batch)
     seconds = time.perf_counter() - START
-    print(f"torch {torch.__version__}: {done} images in {seconds:.1f}s, {done / seconds:.1f} images/s",
-          file=sys.stderr)
+    print(f"torch {torch.__version__}: {done} images in {seconds:.1f}s, {done / seconds:.1f} images/s", file=sys.stderr)
     print(f"{done / seconds:.2f}")
 
 

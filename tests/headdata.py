@@ -51,8 +51,9 @@ def class_image(label: str, seed: int, size: tuple[int, int] = SIZE) -> Image.Im
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def make_class_tree(root: str | os.PathLike[str], per_class: int, first_seed: int = 0,
-                    classes: tuple[str, ...] = CLASSES) -> list[str]:
+def make_class_tree(
+    root: str | os.PathLike[str], per_class: int, first_seed: int = 0, classes: tuple[str, ...] = CLASSES
+) -> list[str]:
     """Write ``per_class`` JPEGs per class as ``root/LABEL/img_SEED.jpg``; returns their relative paths."""
     root = Path(root)
     paths = []
@@ -66,12 +67,12 @@ def make_class_tree(root: str | os.PathLike[str], per_class: int, first_seed: in
     return paths
 
 
-def embed_tree(images: str | os.PathLike[str], out: str | os.PathLike[str], pooling: str = "avg",
-               weights: str = "random") -> Path:
+def embed_tree(
+    images: str | os.PathLike[str], out: str | os.PathLike[str], pooling: str = "avg", weights: str = "random"
+) -> Path:
     """Embed ``images`` into ``out`` with the real pipeline (default: seeded random torchvision weights)."""
-    from extractor.features import FeatureExtractor
-    from extractor.pipeline import EmbedJob
+    from extractor.embed.job import EmbedJob
+    from extractor.network.features import FeatureExtractor
 
-    EmbedJob(str(images), str(out), FeatureExtractor(weights, pooling=pooling), batch_size=16,
-             progress=False).run()
+    EmbedJob(str(images), str(out), FeatureExtractor(weights, pooling=pooling), batch_size=16, progress=False).run()
     return Path(out)

@@ -14,8 +14,17 @@ DIM = 32
 
 
 def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) -> EmbeddingMeta:
-    fields = {"arch": "torchvision", "weights_source": "random", "weights_sha256": "cd" * 32, "layer": "pool5",
-              "pooling": "avg", "input_size": 224, "resize": "shorter256-center224", "dim": dim, "root": str(root)}
+    fields = {
+        "arch": "torchvision",
+        "weights_source": "random",
+        "weights_sha256": "cd" * 32,
+        "layer": "pool5",
+        "pooling": "avg",
+        "input_size": 224,
+        "resize": "shorter256-center224",
+        "dim": dim,
+        "root": str(root),
+    }
     return EmbeddingMeta(**{**fields, **changes})
 
 
@@ -31,8 +40,14 @@ def paths_for(n: int, start: int = 0, classes: Sequence[str] = ("cat", "dog", "o
     return [f"{classes[i % len(classes)]}/img_{i:05d}.jpg" for i in range(start, start + n)]
 
 
-def write_dataset(out: Path, paths: list[str], vectors: np.ndarray, meta: EmbeddingMeta | None = None,
-                  digests: list[bytes] | None = None, rows_per_part: int = 1000) -> np.ndarray:
+def write_dataset(
+    out: Path,
+    paths: list[str],
+    vectors: np.ndarray,
+    meta: EmbeddingMeta | None = None,
+    digests: list[bytes] | None = None,
+    rows_per_part: int = 1000,
+) -> np.ndarray:
     """Write rows for ``paths`` with ``vectors`` to the dataset ``out`` (appending if it exists); returns ids."""
     n = len(paths)
     rows = {
@@ -54,5 +69,4 @@ def replace_rows(out: Path, paths: list[str], vectors: np.ndarray, meta: Embeddi
     """Re-embed ``paths`` with new vectors and new file contents (sha256), as a rerun after edits does."""
     with DatasetWriter(out, meta or make_meta(vectors.shape[1])) as writer:
         writer.drop_ids(path_ids(paths))
-    write_dataset(out, paths, vectors, meta, digests=[hashlib.sha256(b"edited " + p.encode()).digest()
-                                                       for p in paths])
+    write_dataset(out, paths, vectors, meta, digests=[hashlib.sha256(b"edited " + p.encode()).digest() for p in paths])

@@ -1,0 +1,5 @@
+"""``python -m extractor.cli``: the ``alexfeat`` command."""
+
+from extractor.cli import run
+
+run()

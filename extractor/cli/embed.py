@@ -1,0 +1,131 @@
+"""``alexfeat embed``: image folders → L2-normalised AlexNet embeddings in a Parquet dataset."""
+
+from __future__ import annotations
+
+import click
+
+from extractor.embed.decode_stream import MAX_DECODE_SECONDS
+from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.parallel.stream import usable_cpus
+
+
+@click.command()
+@click.argument("images_dir", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset directory (created; rerunning resumes it).",
+)
+@click.option(
+    "--weights",
+    default=None,
+    metavar="SOURCE",
+    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: $ALEXFEAT_WEIGHTS or imagenet.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["caffe", "torchvision"]),
+    default=None,
+    help="Architecture; taken from the weights when omitted (random alone: torchvision).",
+)
+@click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
+@click.option(
+    "--pooling",
+    type=click.Choice(["avg", "max", "gem", "flatten"]),
+    default="gem",
+    show_default=True,
+    help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).",
+)
+@click.option(
+    "--resize",
+    default=None,
+    metavar="POLICY",
+    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
+    "policy (caffe: squash256-center227, torchvision: shorter256-center224).",
+)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--workers",
+    default=usable_cpus(),
+    show_default=True,
+    type=click.IntRange(0, 256),
+    help="Decoding processes (0: decode in the main thread).",
+)
+@click.option("--rows-per-part", default=None, type=click.IntRange(1), help="Rows per Parquet part file.")
+@click.option(
+    "--max-pixels",
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Larger images are recorded as errors (checked from the header).",
+)
+@click.option(
+    "--max-decode-seconds",
+    default=MAX_DECODE_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="CPU seconds one file may take to decode in a decode process; slower files are stopped and "
+    "recorded as timeout errors (0: no limit).",
+)
+@click.option("--prune", is_flag=True, help="Drop rows of files that no longer exist.")
+@click.option(
+    "--retry-errors",
+    is_flag=True,
+    help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
+    "--max-pixels); by default only changed ones are retried.",
+)
+@click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def embed(
+    images_dir: str,
+    out_dir: str,
+    weights: str | None,
+    arch: str | None,
+    layer: str,
+    pooling: str,
+    resize: str | None,
+    batch_size: int,
+    workers: int,
+    rows_per_part: int | None,
+    max_pixels: int,
+    max_decode_seconds: float,
+    prune: bool,
+    retry_errors: bool,
+    overwrite: bool,
+    progress: bool | None,
+) -> None:
+    """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
+
+    Reruns embed only new and changed files. Files that cannot be embedded are recorded in
+    OUT_DIR/_errors.parquet and never stop the job.
+    """
+    from extractor.images.discover import discover
+    from extractor.network.weights import default_source
+
+    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
+    from extractor.embed.job import EmbedJob
+    from extractor.network.features import FeatureExtractor
+
+    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    job = EmbedJob(
+        images_dir,
+        out_dir,
+        extractor,
+        batch_size=batch_size,
+        workers=workers,
+        rows_per_part=rows_per_part,
+        max_pixels=max_pixels,
+        max_decode_seconds=max_decode_seconds or None,
+        prune=prune,
+        retry_errors=retry_errors,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    summary = job.run()
+    spec = extractor.spec
+    click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+    for line in summary.lines():
+        click.echo(line)

@@ -1,0 +1,1 @@
+"""Classifier heads on cached embeddings: train, labels, metrics, predict, export, finetune."""

@@ -1,0 +1,1 @@
+"""Image inputs: walking a folder, reading a file once, decoding it to the network's input."""

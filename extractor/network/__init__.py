@@ -1,0 +1,1 @@
+"""AlexNet in Keras: architecture tables, the model, weight readers, the feature extractor."""

@@ -1,0 +1,214 @@
+"""The embedding function: decoded uint8 images in, L2-normalised feature vectors out.
+
+One :class:`FeatureExtractor` holds the frozen base network, the chosen layer and pooling, and a compiled
+``tf.function`` that does preprocessing, the forward pass, pooling and L2 normalisation in one graph. Its
+:class:`FeatureSpec` is what the Parquet metadata records, so a later command (search by image, predict)
+rebuilds exactly the same function with :meth:`FeatureExtractor.from_metadata`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from extractor.errors import AlexfeatError, WeightsError
+from extractor.network.archs import INPUT_SIZE, POOL5_SHAPE
+from extractor.network.weights import Weights, resolve_weights
+
+LAYERS = ("pool5", "fc6", "fc7")
+POOL5_POOLINGS = ("avg", "max", "gem", "flatten")
+DEFAULT_RESIZE = {"caffe": "squash256-center227", "torchvision": "shorter256-center224"}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The settings that define an embedding (recorded in the dataset metadata)."""
+
+    arch: str
+    weights_source: str
+    weights_sha256: str
+    layer: str
+    pooling: str
+    input_size: int
+    resize: str
+    dim: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _validate(layer: str, pooling: str, weights: Weights) -> str:
+    """Check the layer/pooling pair; returns the pooling to record (``none`` for fc layers)."""
+    if layer not in LAYERS:
+        raise AlexfeatError(f"unknown layer {layer!r}: choose one of {', '.join(LAYERS)}")
+    if layer == "pool5":
+        if pooling not in POOL5_POOLINGS:
+            raise AlexfeatError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOL5_POOLINGS)}")
+        return pooling
+    if weights.source != "random" and not weights.has_fc:
+        raise WeightsError(
+            f"layer {layer} needs weights with fully connected layers, and {weights.source!r} "
+            "has conv1-conv5 only: use --layer pool5, or weights with fc6-fc8 ('imagenet' or a "
+            "full torchvision .pth)"
+        )
+    return "none"
+
+
+class FeatureExtractor:
+    """Frozen AlexNet + pooling + L2 normalisation, compiled once, applied to uint8 RGB batches."""
+
+    def __init__(
+        self,
+        weights: str | Weights = "imagenet",
+        arch: str | None = None,
+        layer: str = "pool5",
+        pooling: str = "gem",
+        resize: str | None = None,
+    ) -> None:
+        from extractor.images.decode import ResizeSpec
+
+        self.weights = resolve_weights(weights, arch) if isinstance(weights, str) else weights
+        arch = self.weights.check_arch(arch)
+        pooling = _validate(layer, pooling, self.weights)
+        size = INPUT_SIZE[arch]
+        self.resize_spec = ResizeSpec.parse(resize or DEFAULT_RESIZE[arch])
+        if self.resize_spec.output_size != size:
+            raise AlexfeatError(
+                f"resize {resize!r} gives {self.resize_spec.output_size} px images, the {arch} network needs {size}"
+            )
+        dim = int(np.prod(POOL5_SHAPE)) if pooling == "flatten" else POOL5_SHAPE[-1] if layer == "pool5" else 4096
+        self.spec = FeatureSpec(
+            arch, self.weights.source, self.weights.sha256, layer, pooling, size, str(self.resize_spec), dim
+        )
+        self._model: Any = None
+        self._compiled: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        """The Keras model from uint8 images to unnormalised features (built, with TensorFlow, on first use)."""
+        self.warm_up()
+        return self._model
+
+    def warm_up(self) -> None:
+        """Import TensorFlow, build the model and trace the compiled function; safe to run in another thread."""
+        with self._lock:
+            if self._compiled is None:
+                spec = self.spec
+                self._model = self._build(spec.arch, spec.layer, spec.pooling)
+                if int(self._model.output_shape[-1]) != spec.dim:
+                    raise AlexfeatError(f"model gives {self._model.output_shape[-1]}-d features, expected {spec.dim}")
+                self._compiled = self._compile()
+                size = spec.input_size
+                self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
+
+    def _build(self, arch: str, layer: str, pooling: str) -> Any:
+        """The Keras model from uint8 images to unnormalised features."""
+        import keras
+
+        from extractor.network.model import AlexNet, GeneralizedMeanPooling, Preprocess
+
+        if layer == "pool5":
+            base = AlexNet(weights=self.weights, include_top=False, pooling=None, trainable=False)
+            x = base.output
+            if pooling == "avg":
+                x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            elif pooling == "max":
+                x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+            elif pooling == "gem":
+                x = GeneralizedMeanPooling(name="gem_pool")(x)
+            else:
+                x = keras.layers.Flatten(name="flatten")(x)
+        else:
+            base = AlexNet(weights=self.weights, include_top=True, classifier_activation=None, trainable=False)
+            x = base.get_layer(layer).output
+        inputs = keras.Input(shape=base.input_shape[1:], dtype="uint8", name="image")
+        features = keras.Model(base.input, x)
+        outputs = features(Preprocess(arch, name="preprocess")(inputs))
+        return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}")
+
+    def _compile(self) -> Any:
+        import tensorflow as tf
+
+        model = self._model
+        size = self.spec.input_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True)
+        def embed(images: tf.Tensor) -> tf.Tensor:
+            return tf.math.l2_normalize(model(images, training=False), axis=-1, epsilon=1e-12)
+
+        return embed
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Embed a batch of RGB uint8 images (N, S, S, 3) at the input size; returns float32 (N, dim)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.spec.input_size, self.spec.input_size, 3):
+            raise AlexfeatError(
+                f"expected images of shape (N, {self.spec.input_size}, {self.spec.input_size}, 3), got {images.shape}"
+            )
+        if len(images) == 0:
+            return np.zeros((0, self.spec.dim), np.float32)
+        self.warm_up()
+        return self._compiled(images.astype(np.uint8, copy=False)).numpy()
+
+    def embed_paths(
+        self, paths: Sequence[str], max_pixels: int | None = None, batch_size: int = 32, workers: int = 2
+    ) -> tuple[np.ndarray, list[int], list[tuple[str, str, str]]]:
+        """Decode (in ``workers`` threads) and embed image files; returns (vectors, indices of ``paths`` embedded,
+        errors). Each error is ``(path, error kind, message)``; a bad file never stops the others.
+        """
+        from extractor.images.decode import DEFAULT_MAX_PIXELS
+        from extractor.images.file_decoder import decode_paths
+        from extractor.parallel.stream import batched
+
+        decoded = decode_paths(paths, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, workers, 4 * batch_size)
+        chunks, ok, errors = [], [], []
+        for first, batch in zip(range(0, len(paths), batch_size), batched(decoded, batch_size)):
+            good = [pixels for pixels in batch if isinstance(pixels, np.ndarray)]
+            for i, result in enumerate(batch, first):
+                if isinstance(result, np.ndarray):
+                    ok.append(i)
+                else:
+                    errors.append((str(paths[i]), result.kind, str(result)))
+            if good:
+                chunks.append(self(np.stack(good)))
+        vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.spec.dim), np.float32)
+        return vectors, ok, errors
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any] | Any, weights: str | None = None) -> FeatureExtractor:
+        """Rebuild the extractor a dataset was made with; ``weights`` overrides the recorded source.
+
+        A weights file whose sha256 differs from the recorded one is refused.
+        """
+        fields = meta if isinstance(meta, Mapping) else asdict(meta)
+        source = weights or fields["weights_source"]
+        try:
+            resolved = resolve_weights(source, fields["arch"])
+        except WeightsError as exc:
+            raise WeightsError(
+                f"{exc}\nThe embeddings were made with weights {fields['weights_source']!r}; pass "
+                "--weights with that file (or a copy of it) on this machine."
+            ) from None
+        if resolved.sha256 != fields["weights_sha256"]:
+            raise WeightsError(
+                f"weights {source!r} (sha256 {resolved.sha256[:12]}...) are not the ones the "
+                f"embeddings were made with (sha256 {fields['weights_sha256'][:12]}..., from "
+                f"{fields['weights_source']!r})"
+            )
+        extractor = cls(
+            resolved,
+            fields["arch"],
+            fields["layer"],
+            fields["pooling"] if fields["layer"] == "pool5" else "avg",
+            fields["resize"],
+        )
+        if extractor.spec.dim != int(fields["dim"]):
+            raise AlexfeatError(
+                f"rebuilt extractor gives {extractor.spec.dim}-d vectors, metadata says {fields['dim']}"
+            )
+        return extractor

@@ -1,0 +1,254 @@
+"""AlexNet for Keras, in the style of ``keras.applications``: one function builds the model.
+
+Two published architectures (tables in :mod:`extractor.network.archs`):
+
+- ``caffe``: Krizhevsky et al. 2012 as in BVLC/Caffe: 96-256-384-384-256 filters, conv2/4/5 in two groups,
+  local response normalisation after the max-pool of blocks 1 and 2, input 227 x 227.
+- ``torchvision``: the "one weird trick" variant of ``torchvision.models.alexnet``: 64-192-384-256-256 filters,
+  no groups, no LRN, input 224 x 224.
+
+The model takes preprocessed NHWC float input (see :func:`preprocess_input`), as keras.applications models do.
+Every layer is serialisable: a saved ``.keras`` file loads back in a process that imports this module (the
+custom layers are registered at import).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from extractor.errors import WeightsError
+from extractor.network.archs import (
+    ARCHS,
+    CAFFE_MEAN_RGB,
+    CONV_LAYERS,
+    CONVS,
+    FC_LAYERS,
+    INPUT_SIZE,
+    POOL5_SHAPE,
+    POOLINGS,
+    TORCH_MEAN,
+    TORCH_STD,
+    check_arch,
+    flops_per_image,
+)
+
+if TYPE_CHECKING:
+    from extractor.network.weights import Weights
+
+__all__ = [
+    "AlexNet",
+    "preprocess_input",
+    "LocalResponseNormalization",
+    "Preprocess",
+    "GeneralizedMeanPooling",
+    "ARCHS",
+    "INPUT_SIZE",
+    "CONV_LAYERS",
+    "FC_LAYERS",
+    "POOL5_SHAPE",
+    "flops_per_image",
+]
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Cross-channel LRN: ``x / (bias + alpha * sum_{|c'-c|<=r} x_{c'}^2) ** beta`` (alpha not divided by n)."""
+
+    def __init__(
+        self, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4, beta: float = 0.75, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+
+    def call(self, x: Any) -> Any:
+        return tf.nn.local_response_normalization(
+            x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "depth_radius": self.depth_radius,
+            "bias": self.bias,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class Preprocess(keras.layers.Layer):
+    """:func:`preprocess_input` as a layer (RGB 0..255 of any dtype in), for end-to-end models."""
+
+    def __init__(self, arch: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.arch = check_arch(arch)
+        offset, scale = _affine(self.arch)
+        self._offset = tf.constant(offset)
+        self._scale = tf.constant(scale)
+
+    def call(self, x: Any) -> Any:
+        return (tf.cast(x, tf.float32) - self._offset) * self._scale
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "arch": self.arch}
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class GeneralizedMeanPooling(keras.layers.Layer):
+    """GeM pooling over H and W: ``mean(x ** p) ** (1 / p)`` of non-negative (post-ReLU) maps."""
+
+    def __init__(self, p: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.p = float(p)
+
+    def call(self, x: Any) -> Any:
+        return tf.pow(tf.reduce_mean(tf.pow(tf.maximum(x, 1e-6), self.p), axis=[1, 2]), 1.0 / self.p)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "p": self.p}
+
+
+def _affine(arch: str) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessing as ``(x - offset) * scale`` per RGB channel, for x in 0..255."""
+    if arch == "caffe":
+        return np.array(CAFFE_MEAN_RGB, np.float32), np.ones(3, np.float32)
+    mean = np.array(TORCH_MEAN, np.float32) * 255.0
+    scale = 1.0 / (np.array(TORCH_STD, np.float32) * 255.0)
+    return mean, scale
+
+
+def preprocess_input(x: Any, arch: str) -> np.ndarray:
+    """Preprocess RGB images with values in 0..255 (NHWC or HWC) for :func:`AlexNet` of ``arch``.
+
+    ``caffe`` subtracts the per-channel training mean; ``torchvision`` maps to [0, 1] and then normalises
+    with the ImageNet mean and standard deviation. Returns float32.
+    """
+    offset, scale = _affine(check_arch(arch))
+    return (np.asarray(x, dtype=np.float32) - offset) * scale
+
+
+def AlexNet(
+    arch: str | None = None,
+    weights: str | Weights | None = "imagenet",
+    include_top: bool = False,
+    pooling: str | None = "avg",
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    trainable: bool = True,
+    name: str | None = None,
+) -> keras.Model:
+    """Build AlexNet, optionally loading pretrained weights.
+
+    Args:
+        arch: ``"caffe"`` or ``"torchvision"``; ``None`` takes it from the weights (``"random"`` or ``None``
+            weights mean ``"torchvision"``). Asking for an architecture the weights do not have is an error.
+        weights: ``"imagenet"`` (torchvision checkpoint, downloaded once), a path to a ``.pth``, caffe-layout
+            ``.npz`` or ``.weights.h5`` file, ``"random"`` (seeded initialisation), ``None`` (Keras default
+            initialisation) or an already resolved :class:`extractor.network.weights.Weights`.
+        include_top: add fc6, fc7 and the classifier (needs weights with fc layers, or random weights).
+        pooling: with ``include_top=False``: ``None`` returns the pool5 maps, ``"avg"``/``"max"`` a global
+            pooling of them.
+        input_shape: (H, W, 3); defaults to the architecture's input size. Other sizes only without the top.
+        classes: classifier outputs with ``include_top`` (1000 for pretrained weights).
+        classifier_activation: activation of the classifier; ``None`` returns logits.
+        trainable: whether the returned model's layers are trainable.
+    """
+    from extractor.network.weights import resolve_weights
+
+    resolved = weights if (weights is None or not isinstance(weights, str)) else resolve_weights(weights, arch)
+    if resolved is None:
+        arch = check_arch(arch or "torchvision")
+    else:
+        arch = resolved.check_arch(arch)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    size = INPUT_SIZE[arch]
+    if input_shape is None:
+        input_shape = (size, size, 3)
+    if include_top:
+        if tuple(input_shape) != (size, size, 3):
+            raise ValueError(f"include_top=True needs input_shape {(size, size, 3)}, got {input_shape}")
+        if resolved is not None and resolved.tensors and not resolved.has_fc:
+            raise WeightsError(
+                f"weights {resolved.source!r} have no fc6/fc7/fc8 layers, so include_top=True "
+                "cannot load them: use include_top=False, or weights with the classifier "
+                "('imagenet' or a full torchvision .pth)"
+            )
+        if resolved is not None and resolved.has_fc and classes != 1000:
+            raise ValueError(
+                "pretrained classifier weights have 1000 classes; use classes=1000 or "
+                "include_top=False with a head of your own"
+            )
+
+    seeded = resolved is not None and resolved.source == "random"
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = _features(inputs, arch, seeded)
+    if include_top:
+        x = _classifier(x, classes, classifier_activation, seeded)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=name or f"alexnet_{arch}")
+    if resolved is not None and resolved.tensors:
+        resolved.load_into(model)
+    model.trainable = trainable
+    return model
+
+
+def _initializers(seeded: bool, index: int) -> dict[str, Any]:
+    """He-normal kernels with a fixed seed per layer for ``weights='random'``, Keras defaults otherwise."""
+    if not seeded:
+        return {}
+
+    return {"kernel_initializer": keras.initializers.HeNormal(seed=1000 + index), "bias_initializer": "zeros"}
+
+
+def _features(x: Any, arch: str, seeded: bool) -> Any:
+    """conv1-conv5 with their ReLU, pools and LRN: NHWC in, pool5 maps (N, 6, 6, 256) out at the native size."""
+
+    for i, spec in enumerate(CONVS[arch]):
+        block = spec.name[-1]
+        padding = "valid"
+        if spec.pad and spec.stride == 1 and spec.pad == spec.kernel // 2:
+            padding = "same"
+        elif spec.pad:
+            x = keras.layers.ZeroPadding2D(spec.pad, name=f"pad{block}")(x)
+        x = keras.layers.Conv2D(
+            spec.filters,
+            spec.kernel,
+            strides=spec.stride,
+            padding=padding,
+            groups=spec.groups,
+            activation="relu",
+            name=spec.name,
+            **_initializers(seeded, i),
+        )(x)
+        if spec.pool:
+            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{block}")(x)
+        if spec.lrn:
+            x = LocalResponseNormalization(name=f"norm{block}")(x)
+    return x
+
+
+def _classifier(x: Any, classes: int, activation: str | None, seeded: bool) -> Any:
+    """fc6 and fc7 (4096, ReLU, dropout before each, as torchvision) and the classifier."""
+
+    # Torch flattens pool5 as (C, H, W); the weight converter permutes fc6 so that Keras's (H, W, C) order
+    # gives the same outputs.
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i, name in enumerate(("fc6", "fc7")):
+        x = keras.layers.Dropout(0.5, name=f"drop{name[-1]}")(x)
+        x = keras.layers.Dense(4096, activation="relu", name=name, **_initializers(seeded, 10 + i))(x)
+    return keras.layers.Dense(classes, activation=activation, name="predictions", **_initializers(seeded, 12))(x)

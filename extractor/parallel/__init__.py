@@ -1,0 +1,1 @@
+"""Ordered thread/process pools and batching."""

@@ -1,0 +1,96 @@
+"""The files and columns of a dataset directory: part names, the errors table, the Arrow schemas.
+
+A dataset is a directory (layout and columns in docs/design.md)::
+
+    part-NNNNN.parquet   embeddings; each written as .part-NNNNN.parquet.tmp, then renamed when complete
+    _errors.parquet      files that could not be embedded: path, error, message, size, mtime_ns
+    .alexfeat.lock       flock'd by the one job writing the directory (released by the OS if that job dies)
+
+Everything but the parts starts with ``_`` or ``.``, so ``pyarrow.parquet.read_table(DIR)``, DuckDB and Polars
+read the directory as the embeddings alone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from extractor.store.meta import META_KEY, EmbeddingMeta
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".alexfeat.lock"
+ERRORS_NAME = "_errors.parquet"
+COLUMNS = ("id", "path", "label", "sha256", "size", "mtime_ns", "width", "height", "embedding")
+DEFAULT_COLUMNS = ("id", "path", "label")
+COMPRESSION = "zstd"
+MAX_ROWS_PER_PART = 50_000
+PART_EMBEDDING_BYTES = 128 << 20  # caps rows per part for wide embeddings (fc6/fc7: 4096-d)
+MAX_PART_SECONDS = 300.0  # buffered rows older than this are written, so a killed job loses little work
+
+PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+TMP_RE = re.compile(r"^\.(part-\d{5,}\.parquet|_errors\.parquet)\.tmp$")
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A file that could not be embedded; its size and mtime let a rerun skip it while it is unchanged."""
+
+    path: str
+    error: str
+    message: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+def arrow_schema(meta: EmbeddingMeta) -> pa.Schema:
+    """The Arrow schema of a part, with ``meta`` as JSON under the schema metadata key ``alexfeat``."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=True),
+            pa.field("sha256", pa.binary(32), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("mtime_ns", pa.int64(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False),
+        ],
+        metadata={META_KEY: meta.to_json().encode("utf-8")},
+    )
+
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("size", pa.int64(), nullable=True),
+        pa.field("mtime_ns", pa.int64(), nullable=True),
+    ]
+)
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def list_parts(directory: str | os.PathLike[str]) -> list[Path]:
+    """The complete parts of a dataset directory, in write order (empty when there are none or no directory)."""
+    directory = Path(directory)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    numbered = sorted((int(m.group(1)), name) for name in names if (m := PART_RE.match(name)))
+    return [directory / name for _, name in numbered]
+
+
+def default_rows_per_part(dim: int) -> int:
+    """Rows per part: 50,000, fewer for wide embeddings so a part's vectors stay about 128 MiB at most."""
+    return max(1_000, min(MAX_ROWS_PER_PART, PART_EMBEDDING_BYTES // (4 * dim)))

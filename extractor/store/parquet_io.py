@@ -1,0 +1,61 @@
+"""Atomic Parquet writes and reads that turn I/O and format errors into ``DatasetError``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from extractor.errors import DatasetError
+from extractor.util.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+_STATS_COLUMNS = ["id", "path", "label", "size", "mtime_ns", "width", "height"]
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> None:
+    """Write ``table`` to ``.NAME.tmp`` beside ``target``, then rename it into place: readers never see half a file."""
+    try:
+        with atomic_path(target) as tmp:
+            pq.write_table(
+                table,
+                tmp,
+                compression=compression,
+                use_dictionary=["label"],
+                write_statistics=[c for c in _STATS_COLUMNS if c in table.column_names],
+            )
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise DatasetError(f"cannot write {target} ({exc})") from exc
+
+
+def unreadable_error(path: Path, exc: BaseException) -> DatasetError:
+    if isinstance(exc, FileNotFoundError):
+        return DatasetError(
+            f"{path} disappeared while it was being read (another job is writing the dataset); "
+            "try again when it has finished"
+        )
+    return DatasetError(
+        f"{path} is not a readable Parquet file; it may be truncated or corrupt ({exc}). "
+        "Delete it to re-embed its images, or embed afresh with --overwrite"
+    )
+
+
+def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    try:
+        return pq.ParquetFile(path).read(columns=list(columns) if columns is not None else None, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise unreadable_error(path, exc) from exc

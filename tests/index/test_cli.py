@@ -1,0 +1,262 @@
+"""``alexfeat index build/add/remove``, ``alexfeat search`` and ``alexfeat dedup`` through the real click group."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from extractor.cli import main
+from extractor.store import load_dataset
+from tests.imagefiles import make_photo, raw_name
+from tests.index_data import clustered, make_meta, paths_for, write_dataset
+
+N = 120
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(images root, embeddings, index): synthetic vectors for real small image files under the recorded root."""
+    base = tmp_path_factory.mktemp("cli")
+    root = base / "images"
+    paths = paths_for(N)
+    for i, rel in enumerate(paths):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (i * 2 % 256, 100, 200 - i)).save(root / rel)
+    write_dataset(base / "emb", paths, clustered(N), meta=make_meta(root=root.resolve()))
+    code, output = run("index", "build", base / "emb", "-o", base / "idx", "--no-progress")
+    assert code == 0, output
+    return root, base / "emb", base / "idx"
+
+
+def test_build_prints_a_summary_and_accepts_a_memory_budget(
+    collection: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, emb, _ = collection
+    code, output = run("index", "build", emb, "-o", tmp_path / "idx", "--memory-budget", "1M", "--target-recall", "0.9")
+    assert code == 0, output
+    assert re.search(rf"IDMap2,Flat over {N} 32-d vectors, recall@10 1\.000 with exact search", output)
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert info["memory_budget_bytes"] == 1 << 20 and info["target_recall"] == 0.9
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--memory-budget", "lots"], "cannot read memory budget 'lots'"),
+        (["--target-recall", "1.5"], "1.5 is not in the range"),
+    ],
+)
+def test_build_rejects_bad_options_as_usage_errors(
+    collection: tuple[Path, Path, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, output = run("index", "build", collection[1], "-o", tmp_path / "idx", *args)
+    assert code == 2 and message in output
+
+
+def test_search_json_lines_by_id_and_path(collection: tuple[Path, Path, Path]) -> None:
+    _, emb, index_dir = collection
+    data = load_dataset(emb)
+    code, output = run("search", index_dir, "--id", data.ids[4], "--id", data.ids[9], "-k", "3", "--json")
+    assert code == 0, output
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert [line["query"] for line in lines] == [{"id": int(data.ids[i]), "path": data.paths[i]} for i in (4, 9)]
+    for line, row in zip(lines, (4, 9)):
+        assert [r["rank"] for r in line["results"]] == [1, 2, 3]
+        first = line["results"][0]
+        assert (first["id"], first["path"], first["label"]) == (int(data.ids[row]), data.paths[row], data.labels[row])
+        assert first["score"] == pytest.approx(1.0, abs=1e-5)
+        assert set(first) == {"rank", "id", "path", "label", "score"}
+    code, output = run("search", index_dir, "--path", data.paths[4], "-k", "3", "--json")
+    assert json.loads(output)["results"] == lines[0]["results"]
+
+
+def test_search_prints_a_readable_table_by_default(collection: tuple[Path, Path, Path]) -> None:
+    _, emb, index_dir = collection
+    data = load_dataset(emb, embeddings=False)
+    code, output = run("search", index_dir, "--path", data.paths[0], "-k", "2")
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0] == f"query: id {data.ids[0]}  {data.paths[0]}"
+    assert lines[1].split() == ["rank", "id", "score", "label", "path"]
+    assert lines[2].split() == ["1", str(data.ids[0]), "1.000", data.labels[0], data.paths[0]]
+
+
+def test_search_html_is_one_self_contained_page_with_thumbnails(
+    collection: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, emb, index_dir = collection
+    data = load_dataset(emb, embeddings=False)
+    page = tmp_path / "results.html"
+    code, output = run("search", index_dir, "--id", data.ids[1], "--id", data.ids[2], "-k", "4", "--html", page)
+    assert code == 0, output
+    text = page.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    assert len(sources) == 2 * (1 + 4)  # each query beside its 4 neighbours
+    assert all(s.startswith("data:image/jpeg;base64,") for s in sources)
+    thumb = Image.open(io.BytesIO(base64.b64decode(sources[0].split(",", 1)[1])))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 160
+    assert data.paths[1] in text and "1.000" in text
+
+
+def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, emb, index_dir = collection
+    data = load_dataset(emb, embeddings=False)
+    page = tmp_path / "results.html"
+    code, output = run("search", index_dir, "--id", data.ids[1], "--html", page, "--images-root", tmp_path / "gone")
+    assert code == 1 and "Error: the images folder" in output and "--images-root" in output
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    (moved / data.paths[3]).unlink()  # one image deleted since: a placeholder, not a failure
+    code, output = run("search", index_dir, "--id", data.ids[3], "-k", "2", "--html", page, "--images-root", moved)
+    assert code == 0, output
+    assert page.read_text().count('class="missing"') == 2  # the query and its own first hit
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        ([], 2, "give one kind of query"),
+        (["--id", "1", "--path", "x.jpg"], 2, "got --id, --path"),
+        (["--id", "12345"], 1, "Error: id 12345 not in the index"),
+        (["--path", "cat/none.jpg"], 1, "Error: path 'cat/none.jpg' not in the index"),
+        (["--id", "1", "-k", "0"], 2, "0 is not in the range"),
+    ],
+)
+def test_search_errors(collection: tuple[Path, Path, Path], args: list[str], code: int, message: str) -> None:
+    got, output = run("search", collection[2], *args)
+    assert got == code and message in output
+
+
+def test_search_on_a_truncated_index_is_an_error_not_a_traceback(
+    collection: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "idx"
+    shutil.copytree(collection[2], broken)
+    data = (broken / "index.faiss").read_bytes()
+    (broken / "index.faiss").write_bytes(data[:100])
+    code, output = run("search", broken, "--id", "1")
+    assert code == 1 and output.startswith("Error: ") and "cut short" in output
+
+
+def test_add_and_remove_through_the_cli(collection: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, emb, index_dir = collection
+    emb2, idx2 = tmp_path / "emb", tmp_path / "idx"
+    shutil.copytree(emb, emb2)
+    shutil.copytree(index_dir, idx2)
+    new_paths = paths_for(10, start=N)
+    write_dataset(emb2, new_paths, clustered(10, seed=4), meta=make_meta(root=load_dataset(emb).meta.root))
+    code, output = run("index", "add", idx2, emb2, "--no-progress")
+    assert code == 0 and f"10 added, 0 replaced, 0 removed, {N} unchanged; {N + 10} vectors" in output
+    data = load_dataset(emb2, embeddings=False)
+    listing = tmp_path / "remove.txt"
+    listing.write_text(f"# to delete\n{data.ids[0]}\n\n{data.paths[1]}\n")
+    code, output = run("index", "remove", idx2, "--from-file", listing, "--id", data.ids[2], "--path", new_paths[0])
+    assert code == 0 and f"4 removed, 0 unchanged; {N + 6} vectors" in output
+    code, output = run("search", idx2, "--path", data.paths[3], "-k", str(N + 10), "--json")
+    returned = {r["id"] for r in json.loads(output)["results"]}
+    assert len(returned) == N + 6 and not returned & {int(data.ids[i]) for i in (0, 1, 2)}
+    code, output = run("index", "remove", idx2)
+    assert code == 2 and "--id, --path or --from-file" in output
+    code, output = run("index", "remove", idx2, "--id", data.ids[0])
+    assert code == 1 and "not in the index" in output
+
+
+def test_dedup_cli_writes_json_or_csv_and_prints_a_summary(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 32)).astype(np.float32)
+    x[[5, 6]] = x[4] + 0.1 * rng.standard_normal((2, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    paths = paths_for(60)
+    write_dataset(tmp_path / "emb", paths, x)
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.json", "--no-progress")
+    assert code == 0, output
+    assert output.strip().endswith(
+        f"near-duplicate groups: 1 (3 images, 2 redundant) among 60 images at cosine >= 0.95 -> {tmp_path / 'd.json'}"
+    )
+    assert [m["path"] for m in json.loads((tmp_path / "d.json").read_text())[0]] == sorted(paths[4:7])
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.csv", "--threshold", "0.999")
+    assert code == 0 and (tmp_path / "d.csv").read_text() == "group,id,path\n"  # nothing that close
+    code, output = run("dedup", tmp_path / "emb")
+    assert output.startswith(f"group 1 (3): {'  '.join(sorted(paths[4:7]))}\n")
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.txt")
+    assert code == 1 and "name it .json or .csv" in output
+
+
+# ------------------------------------------------------------------------------------ end to end, real images
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """Photos embedded with the real pipeline (random weights), and their index."""
+    base = tmp_path_factory.mktemp("e2e")
+    paths = [f"class{i % 2}/photo_{i}.jpg" for i in range(6)]
+    for i, rel in enumerate(paths):
+        make_photo(base / "images" / rel, (96, 72), seed=i)
+    code, output = run("embed", base / "images", "-o", base / "emb", "--weights", "random", "--no-progress")
+    assert code == 0, output
+    code, output = run("index", "build", base / "emb", "-o", base / "idx")
+    assert code == 0, output
+    return base / "images", base / "idx", paths
+
+
+def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    images, index_dir, paths = embedded
+    page = tmp_path / "page.html"
+    code, output = run("search", index_dir, "--image", images / paths[3], "-k", "3", "--json", "--html", page)
+    assert code == 0, output
+    result = json.loads(output.splitlines()[0])
+    assert result["query"] == {"image": str(images / paths[3])}
+    assert result["results"][0]["path"] == paths[3]
+    assert result["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 4
+
+
+@pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
+def test_an_image_query_whose_name_is_not_utf8_is_echoed_as_utf8_text(
+    embedded: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    images, index_dir, paths = embedded
+    query = raw_name(tmp_path, b"caf\xe9.jpg")
+    try:
+        shutil.copy(images / paths[2], query)
+    except OSError as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")
+    code, output = run("search", index_dir, "--image", query, "-k", "1", "--json")
+    assert code == 0, output
+    result = json.loads(output.splitlines()[0])
+    result["query"]["image"].encode("utf-8")  # no lone surrogate escapes, which strict JSON readers refuse
+    assert result["query"]["image"].endswith("caf\\xe9.jpg") and result["results"][0]["path"] == paths[2]
+
+
+def test_query_folder_runs_a_batch_and_reports_unreadable_files(
+    embedded: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    images, index_dir, paths = embedded
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(images / paths[0], queries / "a.jpg")
+    shutil.copy(images / paths[5], queries / "b.jpg")
+    (queries / "broken.jpg").write_bytes(b"not a jpeg")
+    code, output = run("search", index_dir, "--queries", queries, "-k", "1", "--json")
+    assert code == 0, output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [(Path(r["query"]["image"]).name, r["results"][0]["path"]) for r in lines] == [
+        ("a.jpg", paths[0]),
+        ("b.jpg", paths[5]),
+    ]
+    assert "warning: " in output and "broken.jpg" in output
