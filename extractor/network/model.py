@@ -45,6 +45,7 @@ __all__ = [
     "LocalResponseNormalization",
     "Preprocess",
     "GeneralizedMeanPooling",
+    "GroupedConv2D",
     "ARCHS",
     "INPUT_SIZE",
     "CONV_LAYERS",
@@ -65,9 +66,11 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
     def call(self, x: Any) -> Any:
-        return tf.nn.local_response_normalization(
-            x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+        # In float32 under any dtype policy: CPUs have no bfloat16 LRN kernel, and the squared sum wants precision.
+        y = tf.nn.local_response_normalization(
+            tf.cast(x, tf.float32), depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
         )
+        return tf.cast(y, x.dtype)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -102,20 +105,45 @@ class Preprocess(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="alexfeat")
 class GeneralizedMeanPooling(keras.layers.Layer):
-    """GeM pooling over H and W: ``mean(x ** p) ** (1 / p)`` of non-negative (post-ReLU) maps."""
+    """GeM pooling over H and W: ``mean(x ** p) ** (1 / p)`` of non-negative (post-ReLU) maps, in float32 under
+    any dtype policy (float32 out)."""
 
     def __init__(self, p: float = 3.0, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")  # not the global policy's: pooled in float32 (bfloat16 in is exact)
         super().__init__(**kwargs)
         self.p = float(p)
 
     def call(self, x: Any) -> Any:
-        return tf.pow(tf.reduce_mean(tf.pow(tf.maximum(x, 1e-6), self.p), axis=[1, 2]), 1.0 / self.p)
+        x = tf.maximum(tf.cast(x, tf.float32), 1e-6)
+        return tf.pow(tf.reduce_mean(tf.pow(x, self.p), axis=[1, 2]), 1.0 / self.p)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], input_shape[-1])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "p": self.p}
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class GroupedConv2D(keras.layers.Conv2D):
+    """``Conv2D`` with ``groups > 1`` run as TensorFlow's own grouped convolution (oneDNN on CPU).
+
+    Keras compiles every grouped convolution on the CPU with XLA, a workaround for TensorFlow versions without a
+    CPU kernel for it. XLA's CPU convolution ignores bfloat16 hardware (AMX, AVX512_BF16), so under the
+    ``mixed_bfloat16`` policy the caffe architecture (conv2, conv4, conv5 in two groups) ran no faster than in
+    float32. Same weights and outputs as ``Conv2D``; channels-last only.
+    """
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        if self.data_format != "channels_last":
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.convolution(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding.upper(),
+            dilations=list(self.dilation_rate),
+        )
 
 
 def _affine(arch: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +175,7 @@ def AlexNet(
     classifier_activation: str | None = "softmax",
     trainable: bool = True,
     name: str | None = None,
+    dtype: str | None = None,
 ) -> keras.Model:
     """Build AlexNet, optionally loading pretrained weights.
 
@@ -163,6 +192,9 @@ def AlexNet(
         classes: classifier outputs with ``include_top`` (1000 for pretrained weights).
         classifier_activation: activation of the classifier; ``None`` returns logits.
         trainable: whether the returned model's layers are trainable.
+        dtype: Keras dtype policy of the convolution and fully connected layers, e.g. ``"mixed_bfloat16"``
+            (bfloat16 compute, float32 weights); ``None`` takes Keras' global policy. LRN and the global pooling
+            always compute in float32, and a pooled output is float32.
     """
     from extractor.network.weights import resolve_weights
 
@@ -193,13 +225,13 @@ def AlexNet(
 
     seeded = resolved is not None and resolved.source == "random"
     inputs = keras.Input(shape=input_shape, name="input")
-    x = _features(inputs, arch, seeded)
+    x = _features(inputs, arch, seeded, dtype)
     if include_top:
-        x = _classifier(x, classes, classifier_activation, seeded)
+        x = _classifier(x, classes, classifier_activation, seeded, dtype)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool", dtype="float32")(x)
     model = keras.Model(inputs, x, name=name or f"alexnet_{arch}")
     if resolved is not None and resolved.tensors:
         resolved.load_into(model)
@@ -215,7 +247,7 @@ def _initializers(seeded: bool, index: int) -> dict[str, Any]:
     return {"kernel_initializer": keras.initializers.HeNormal(seed=1000 + index), "bias_initializer": "zeros"}
 
 
-def _features(x: Any, arch: str, seeded: bool) -> Any:
+def _features(x: Any, arch: str, seeded: bool, dtype: str | None) -> Any:
     """conv1-conv5 with their ReLU, pools and LRN: NHWC in, pool5 maps (N, 6, 6, 256) out at the native size."""
 
     for i, spec in enumerate(CONVS[arch]):
@@ -224,8 +256,8 @@ def _features(x: Any, arch: str, seeded: bool) -> Any:
         if spec.pad and spec.stride == 1 and spec.pad == spec.kernel // 2:
             padding = "same"
         elif spec.pad:
-            x = keras.layers.ZeroPadding2D(spec.pad, name=f"pad{block}")(x)
-        x = keras.layers.Conv2D(
+            x = keras.layers.ZeroPadding2D(spec.pad, name=f"pad{block}", dtype=dtype)(x)
+        x = (GroupedConv2D if spec.groups > 1 else keras.layers.Conv2D)(
             spec.filters,
             spec.kernel,
             strides=spec.stride,
@@ -233,22 +265,26 @@ def _features(x: Any, arch: str, seeded: bool) -> Any:
             groups=spec.groups,
             activation="relu",
             name=spec.name,
+            dtype=dtype,
             **_initializers(seeded, i),
         )(x)
         if spec.pool:
-            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{block}")(x)
+            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{block}", dtype=dtype)(x)
         if spec.lrn:
-            x = LocalResponseNormalization(name=f"norm{block}")(x)
+            x = LocalResponseNormalization(name=f"norm{block}", dtype=dtype)(x)
     return x
 
 
-def _classifier(x: Any, classes: int, activation: str | None, seeded: bool) -> Any:
+def _classifier(x: Any, classes: int, activation: str | None, seeded: bool, dtype: str | None) -> Any:
     """fc6 and fc7 (4096, ReLU, dropout before each, as torchvision) and the classifier."""
 
     # Torch flattens pool5 as (C, H, W); the weight converter permutes fc6 so that Keras's (H, W, C) order
     # gives the same outputs.
-    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
     for i, name in enumerate(("fc6", "fc7")):
-        x = keras.layers.Dropout(0.5, name=f"drop{name[-1]}")(x)
-        x = keras.layers.Dense(4096, activation="relu", name=name, **_initializers(seeded, 10 + i))(x)
-    return keras.layers.Dense(classes, activation=activation, name="predictions", **_initializers(seeded, 12))(x)
+        x = keras.layers.Dropout(0.5, name=f"drop{name[-1]}", dtype=dtype)(x)
+        x = keras.layers.Dense(4096, activation="relu", name=name, dtype=dtype, **_initializers(seeded, 10 + i))(x)
+    # The classifier in float32 (as Keras' mixed-precision guide advises for the softmax): float32 logits.
+    return keras.layers.Dense(
+        classes, activation=activation, name="predictions", dtype="float32", **_initializers(seeded, 12)
+    )(x)

@@ -108,7 +108,8 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path):
         model = keras.models.load_model({str(path)!r})
         out = model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
         np.testing.assert_allclose(out, np.load({str(tmp_path / "expected.npy")!r}), atol=1e-5)
-        assert any(type(l).__name__ == "LocalResponseNormalization" for l in model.layers)
+        names = [type(layer).__name__ for layer in model.layers]
+        assert "LocalResponseNormalization" in names and "GroupedConv2D" in names, names
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
