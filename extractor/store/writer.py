@@ -27,6 +27,7 @@ from extractor.store.layout import (
     default_rows_per_part,
     list_parts,
     part_name,
+    part_number,
 )
 from extractor.store.lock import DirectoryLock
 from extractor.store.meta import EmbeddingMeta, path_id, path_ids
@@ -136,7 +137,9 @@ class DatasetWriter:
             for path in parts:
                 self._part_ids[path.name] = read_parquet(path, ["id"]).column("id").to_numpy()
             self._known = np.unique(np.concatenate(list(self._part_ids.values())))
-            self._next_part = int(PART_RE.match(parts[-1].name).group(1)) + 1
+            last = part_number(parts[-1].name)
+            assert last is not None  # list_parts lists part names only
+            self._next_part = last + 1
         else:
             self._next_part = 0
         errors = read_errors(self.out_dir).to_pylist()
