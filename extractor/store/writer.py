@@ -29,10 +29,11 @@ from extractor.store.layout import (
     part_name,
     part_number,
 )
-from extractor.store.lock import DirectoryLock
+from extractor.store.lock import dataset_lock
 from extractor.store.meta import EmbeddingMeta, path_id, path_ids
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
+from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class DatasetWriter:
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
         _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
-        self._lock: DirectoryLock | None = DirectoryLock(self.out_dir)
+        self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
         except BaseException:
