@@ -1,6 +1,6 @@
 """recall@10 and the search-parameter tuning that reaches a target recall at the best speed.
 
-recall@10 (DESIGN.md): up to ``RECALL_QUERIES`` vectors of the dataset as queries; the share of their exact top-10
+recall@10 (docs/design.md): up to ``RECALL_QUERIES`` vectors of the dataset as queries; the share of their exact top-10
 (from a flat search over every vector) that the index returns. Tuning raises the one knob that trades speed for
 recall (``nprobe`` of an inverted file, ``efSearch`` of HNSW) to the smallest value that reaches the target, by
 doubling then bisecting, as autofaiss does; a refined index also tries re-ranking depths (``k_factor``) and keeps

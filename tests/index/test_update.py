@@ -15,7 +15,8 @@ from index import ops
 from index.build import build_index_dir
 from index.search import Searcher
 from index.update import add_to_index, remove_from_index
-from tests.index_data import clustered, make_meta, paths_for, replace_rows, write_dataset
+from tests.index_data import DIM, clustered, paths_for, replace_rows, write_dataset
+from tests.storedata import make_meta
 
 N = 700
 # Removable in place (flat, inverted file) and not (HNSW, refined PQ: masked at search time).
@@ -115,7 +116,7 @@ def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) 
     build_index_dir(base, tmp_path / "idx")
     before = (tmp_path / "idx" / "index.json").read_text()
     other = tmp_path / "other"
-    write_dataset(other, paths_for(20), clustered(20), meta=make_meta(layer="fc7"))
+    write_dataset(other, paths_for(20), clustered(20), meta=make_meta(DIM, layer="fc7"))
     with pytest.raises(AlexfeatError, match="other model settings than the index.*layer: pool5 != fc7"):
         add_to_index(tmp_path / "idx", other)
     assert (tmp_path / "idx" / "index.json").read_text() == before

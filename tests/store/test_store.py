@@ -35,51 +35,10 @@ from extractor.store import (
     read_errors,
     read_meta,
 )
+from tests.storedata import DIM, make_meta, make_rows, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DIM = 8
 ALL_COLUMNS = COLUMNS[:-1]  # every column but the embedding
-
-
-def make_meta(**changes: object) -> EmbeddingMeta:
-    fields = {
-        "arch": "caffe",
-        "weights_source": "imagenet",
-        "weights_sha256": "ab" * 32,
-        "layer": "pool5",
-        "pooling": "avg",
-        "input_size": 227,
-        "resize": "squash256-center227",
-        "dim": DIM,
-        "root": "images",
-    }
-    return EmbeddingMeta(**{**fields, **changes})
-
-
-def make_rows(paths: list[str], dim: int = DIM, seed: int = 0) -> dict[str, object]:
-    """Rows as the embed pipeline gives them: every column but ``id``, unit-length vectors."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((len(paths), dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return {
-        "path": paths,
-        "label": [p.split("/")[0] if "/" in p else None for p in paths],
-        "sha256": [hashlib.sha256(p.encode()).digest() for p in paths],
-        "size": np.arange(len(paths), dtype=np.int64) + 100,
-        "mtime_ns": np.arange(len(paths), dtype=np.int64) + 1_700_000_000_000_000_000,
-        "width": np.full(len(paths), 640, dtype=np.int32),
-        "height": np.full(len(paths), 480, dtype=np.int32),
-        "embedding": vectors,
-    }
-
-
-def write_dataset(
-    out: Path, paths: list[str], meta: EmbeddingMeta | None = None, rows_per_part: int = 1000, seed: int = 0
-) -> dict[str, object]:
-    rows = make_rows(paths, (meta or make_meta()).dim, seed)
-    with open_for_writing(out, meta or make_meta(), rows_per_part=rows_per_part) as writer:
-        writer.add(rows)
-    return rows
 
 
 PATHS = ["cats/a.jpg", "cats/b c.jpg", "dogs/é😀.png", "loose.jpg", "dogs/d.jpg", "birds/e.jpg", "birds/f.jpg"]
@@ -346,7 +305,7 @@ def test_two_writers_in_one_process_exclude_each_other(tmp_path: Path) -> None:
 def test_a_job_killed_while_writing_leaves_only_complete_parts(tmp_path: Path) -> None:
     out = tmp_path / "emb"
     code = (
-        "import sys, itertools\nfrom tests.store.test_store import make_meta, make_rows\n"
+        "import sys, itertools\nfrom tests.storedata import make_meta, make_rows\n"
         "from extractor.store import open_for_writing\n"
         "writer = open_for_writing(sys.argv[1], make_meta(dim=64), rows_per_part=500)\n"
         "print('ready', flush=True)\n"
