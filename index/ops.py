@@ -109,23 +109,6 @@ def remove(index: faiss.Index, ids: Iterable[int]) -> int:
     return int(index.remove_ids(faiss.IDSelectorArray(wanted)))
 
 
-def stored_ids(index: faiss.Index) -> np.ndarray:
-    """The ids stored in ``index`` (including masked ones), in no particular order."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return faiss.vector_to_array(inner.id_map).astype(np.int64)
-    ivf = faiss.extract_index_ivf(index)
-    invlists = ivf.invlists
-    if invlists is None:
-        raise IndexDirError("the index's inverted lists are not loaded; build the index again")
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
-        for k in range(ivf.nlist)
-        if invlists.list_size(k)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
-
-
 def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
     """The stored vectors of ``ids`` (exact for flat storage, decoded codes otherwise), float32 (n, dim)."""
     rows = []

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from extractor.store import DatasetWriter, EmbeddingMeta, path_ids
@@ -44,3 +45,19 @@ def replace_rows(out: Path, paths: list[str], vectors: np.ndarray, meta: Embeddi
     with DatasetWriter(out, meta or storedata.make_meta(vectors.shape[1])) as writer:
         writer.drop_ids(path_ids(paths))
     write_dataset(out, paths, vectors, meta, digests=[hashlib.sha256(b"edited " + p.encode()).digest() for p in paths])
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids stored in a FAISS ``index`` (masked ones included), in no particular order: what the file holds."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(inner.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    assert invlists is not None
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
+        for k in range(ivf.nlist)
+        if invlists.list_size(k)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)

@@ -11,11 +11,10 @@ import pytest
 
 from extractor.errors import AlexfeatError
 from extractor.store import load_dataset, path_ids
-from index import ops
 from index.build import build_index_dir
 from index.search import Searcher
 from index.update import add_to_index, remove_from_index
-from tests.index_data import DIM, clustered, paths_for, replace_rows, write_dataset
+from tests.index_data import DIM, clustered, paths_for, replace_rows, stored_ids, write_dataset
 from tests.storedata import make_meta
 
 N = 700
@@ -45,7 +44,7 @@ def _assert_consistent(index_dir: Path, emb: Path, absent: set[int] = frozenset(
     searcher = Searcher(index_dir)
     keep = ~np.isin(data.ids, list(absent))
     assert searcher.count == int(keep.sum())
-    stored = ops.stored_ids(searcher.dir.index)  # index.faiss is keyed by the Parquet ids, masked ones aside
+    stored = stored_ids(searcher.dir.index)  # index.faiss is keyed by the Parquet ids, masked ones aside
     assert sorted(set(stored.tolist()) - set(searcher.dir.masked.tolist())) == sorted(data.ids[keep].tolist())
     assert len(stored) == len(set(stored.tolist()))
     hits = searcher.search_vectors(data.vectors, k=10)
