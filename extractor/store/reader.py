@@ -43,7 +43,8 @@ class Dataset:
     def _loaded(self, name: str) -> Any:
         value = getattr(self, name)
         if value is None:
-            wanted = "embeddings=True" if name == "vectors" else f"{name!r} in columns="
+            column = {"paths": "path", "labels": "label"}.get(name, name)
+            wanted = "embeddings=True" if name == "vectors" else f"{column!r} in columns="
             raise ValueError(f"the dataset's {name} were not read: pass {wanted} to load_dataset")
         return value
 

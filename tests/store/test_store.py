@@ -124,6 +124,18 @@ def test_default_load_gives_ids_paths_labels_and_vectors_only(tmp_path: Path) ->
     data = load_dataset(tmp_path / "emb")
     assert data.paths == PATHS[:2] and data.labels == ["cats", "cats"] and data.vectors.shape == (2, DIM)
     assert data.sha256 is None and data.size is None and data.mtime_ns is None and data.width is None
+    assert data.get_paths() == PATHS[:2] and data.get_vectors() is data.vectors
+
+
+def test_typed_accessors_name_the_argument_that_reads_a_missing_column(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "emb", PATHS[:2])
+    data = load_dataset(tmp_path / "emb", columns=("id",), embeddings=False)
+    with pytest.raises(ValueError, match=r"vectors were not read: pass embeddings=True"):
+        data.get_vectors()
+    with pytest.raises(ValueError, match=r"paths were not read: pass 'path' in columns="):
+        data.get_paths()
+    with pytest.raises(ValueError, match=r"sha256 were not read: pass 'sha256' in columns="):
+        data.get_sha256()
 
 
 def test_every_part_carries_the_metadata_as_json(tmp_path: Path) -> None:
