@@ -154,15 +154,17 @@ def predict(
         )
     done = failed = 0
     for result in results:
-        is_error = isinstance(result, PredictError)
-        done, failed = done + (not is_error), failed + is_error
+        if isinstance(result, PredictError):
+            failed += 1
+            line, to_stderr = f"{result.path}: {result.error}: {result.message}", True
+        else:
+            done += 1
+            rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
+            line, to_stderr = f"{result.path}\t{result.label}\t{result.probability:.4f}{rest}", False
         if as_json:
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
-        elif is_error:
-            click.echo(f"{result.path}: {result.error}: {result.message}", err=True)
         else:
-            rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
-            click.echo(f"{result.path}\t{result.label}\t{result.probability:.4f}{rest}")
+            click.echo(line, err=to_stderr)
     click.echo(f"classified {done}" + (f", {failed} could not be read" if failed else ""), err=True)
 
 
