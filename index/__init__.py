@@ -3,7 +3,7 @@
 The Python API, one call per command (names are imported on first use, so ``import index`` does not load
 FAISS)::
 
-    build_index_dir(emb_dir, out_dir, factory="auto", ...) -> dict (index.json)  # alexfeat index build
+    build_index_dir(emb_dir, out_dir, factory="auto", ...) -> BuildSummary    # alexfeat index build
     add_to_index(index_dir, emb_dir) -> UpdateSummary                            # alexfeat index add
     remove_from_index(index_dir, ids=..., paths=...) -> UpdateSummary            # alexfeat index remove
     search_index(index_dir, images=/ids=/paths=/queries_dir=, k=10) -> SearchResults  # alexfeat search
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 _API: dict[str, str] = {
     "build_index": "index.build",
     "build_index_dir": "index.build",
+    "BuildSummary": "index.build",
     "BuiltIndex": "index.build",
     "add_to_index": "index.update",
     "remove_from_index": "index.update",
@@ -36,7 +37,7 @@ _API: dict[str, str] = {
 __all__ = list(_API)
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
-    from index.build import BuiltIndex, build_index, build_index_dir  # noqa: F401
+    from index.build import BuildSummary, BuiltIndex, build_index, build_index_dir  # noqa: F401
     from index.dedup import DedupReport, dedup_dataset  # noqa: F401
     from index.search import Hit, QueryResult, Searcher, SearchResults, search_index  # noqa: F401
     from index.update import UpdateSummary, add_to_index, remove_from_index  # noqa: F401

@@ -64,11 +64,11 @@ def build(
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
     click.echo(
-        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
-        f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
-        f"built in {info['build_seconds']:.1f} s"
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
+        f"built in {built.build_seconds:.1f} s"
     )
 
 

@@ -7,6 +7,7 @@ metadata), so it lands in the same space as the indexed vectors.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,7 @@ class Searcher:
         self.dir = index_dir if isinstance(index_dir, IndexDir) else open_index_dir(index_dir)
         self.weights = weights
         self._extractor: FeatureExtractor | None = None
+        self._extractor_lock = threading.Lock()  # threads serving queries build one model between them
 
     @property
     def dim(self) -> int:
@@ -131,14 +133,15 @@ class Searcher:
     @property
     def extractor(self) -> FeatureExtractor:
         """The model of the indexed embeddings (its recorded settings), built on first use and kept."""
-        if self._extractor is None:
-            from extractor.network.features import FeatureExtractor
-            from extractor.network.tf_runtime import import_tensorflow
+        with self._extractor_lock:
+            if self._extractor is None:
+                from extractor.network.features import FeatureExtractor
+                from extractor.network.tf_runtime import import_tensorflow
 
-            extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=self.weights)
-            import_tensorflow()
-            self._extractor = extractor
-        return self._extractor
+                extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=self.weights)
+                import_tensorflow()
+                self._extractor = extractor
+            return self._extractor
 
     def search_images(self, files: Sequence[str | os.PathLike[str]], k: int = 10) -> SearchResults:
         """Neighbours of image files, embedded with the model recorded in the index. Files that cannot be decoded
