@@ -184,7 +184,7 @@ def search(
     from index.search import images_root as find_images_root
 
     searcher = Searcher(index_dir, weights)
-    root = find_images_root(searcher, images_root) if html_file else None
+    root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k)
     for path, kind, message in found.errors:
         click.echo(f"warning: {path}: {kind}: {message}", err=True)
@@ -196,7 +196,7 @@ def search(
             click.echo(json.dumps(result.as_dict()))
     else:
         _print_table(results, sys.stdout)
-    if html_file:
+    if html_file and root is not None:
         from index.html import write_page
 
         write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")

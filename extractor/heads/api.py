@@ -68,12 +68,12 @@ def train_head_dir(
     settings = TrainConfig(**config)  # checks the arguments before TensorFlow loads
     import_tensorflow()
     dataset = load_dataset(emb_dir, columns=("id", "path", "label"))
-    resolved = resolve_labels(labels, dataset.paths, dataset.labels)
+    resolved = resolve_labels(labels, dataset.get_paths(), dataset.labels)
     if resolved.unlabelled:
         (warn or log.warning)(
             f"{resolved.unlabelled} of {len(dataset)} rows have no label in {resolved.source!r} and are left out"
         )
-    trained = train_head(dataset.vectors, dataset.paths, resolved.values, settings, progress)
+    trained = train_head(dataset.get_vectors(), dataset.get_paths(), resolved.values, settings, progress)
     metrics = {
         **trained.metrics,
         "embeddings": str(Path(emb_dir).resolve()),
@@ -135,7 +135,7 @@ def predict_dataset(head_dir: PathLike, emb_dir: PathLike, top: int = 3) -> list
     classifier.check_embeddings(read_meta(emb_dir), str(emb_dir))
     import_tensorflow()
     dataset = load_dataset(emb_dir, columns=("id", "path"), expect=classifier.meta)
-    return predict_vectors(classifier.load_model(), classifier.classes, dataset.vectors, dataset.paths, top)
+    return predict_vectors(classifier.load_model(), classifier.classes, dataset.get_vectors(), dataset.get_paths(), top)
 
 
 def export_model(head_dir: PathLike, out: PathLike, fmt: str = "keras", weights: str | None = None) -> ExportResult:
