@@ -15,6 +15,7 @@ import click
 from extractor.errors import AlexfeatError
 
 _DIR = click.Path(file_okay=False)
+_ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -108,7 +109,7 @@ def _read_targets(path: str) -> tuple[list[int], list[str]]:
 
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Id to remove (repeatable).")
 @click.option(
     "--path",
     "paths",
@@ -178,7 +179,7 @@ def _query_files(queries_dir: str) -> list[str]:
     type=click.Path(dir_okay=False, exists=True),
     help="Query image file (repeatable); embedded with the model recorded in the index.",
 )
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Query by an indexed id (repeatable).")
 @click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
 @click.option(
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."

@@ -474,13 +474,28 @@ def _open_generation(directory: Path, info: dict[str, Any]) -> IndexDir:
     return IndexDir(directory, index, info, lookup, masked)
 
 
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1  # the dataset's ids are int64
+
+
+def as_ids(values: Iterable[int]) -> np.ndarray:
+    """``values`` as int64 ids; IndexDirError for one that no int64 id can equal."""
+    ids = [int(v) for v in values]
+    outside = [i for i in ids if not ID_MIN <= i <= ID_MAX]
+    if outside:
+        raise IndexDirError(
+            f"id {outside[0]} is out of range: ids are 64-bit integers from the dataset's `id` column "
+            f"({ID_MIN} to {ID_MAX})"
+        )
+    return np.asarray(ids, dtype=np.int64)
+
+
 def resolve_targets(current: IndexDir, ids: Iterable[int] = (), paths: Iterable[str] = ()) -> np.ndarray:
     """The ids named by ``ids`` and ``paths``; IndexDirError naming any that the index does not hold."""
-    ids = [int(i) for i in ids]
+    given: list[int] = as_ids(ids).tolist()
     paths = list(paths)
     by_path = current.lookup.path_to_id() if paths else {}
     unknown_paths = [p for p in paths if p not in by_path]
-    wanted = np.unique(np.array(ids + [by_path[p] for p in paths if p in by_path], dtype=np.int64))
+    wanted = np.unique(np.array(given + [by_path[p] for p in paths if p in by_path], dtype=np.int64))
     unknown_ids = wanted[~current.lookup.contains(wanted)].tolist()
     if unknown_paths or unknown_ids:
         named = [f"path {p!r}" for p in unknown_paths[:3]] + [f"id {i}" for i in unknown_ids[:3]]

@@ -10,7 +10,12 @@ from pathlib import Path
 import click
 
 from extractor import __version__
-from extractor.heads.classifier_dir import ClassifierDir, read_classifier_dir, write_classifier_dir
+from extractor.heads.classifier_dir import (
+    ClassifierDir,
+    check_output_dir,
+    read_classifier_dir,
+    write_classifier_dir,
+)
 from extractor.heads.export import EXPORT_FORMATS, export_classifier
 from extractor.heads.labels import resolve_labels
 from extractor.heads.predict import ImageClassifier, PredictError, Prediction, predict_vectors
@@ -88,6 +93,7 @@ def train(
     warning.
     """
     config = TrainConfig(kind, val_fraction, epochs, seed)  # checks the arguments before TensorFlow loads
+    check_output_dir(out_dir)
     import_tensorflow()
 
     dataset = load_dataset(emb_dir, columns=("id", "path", "label"))
@@ -278,6 +284,7 @@ def finetune(
     Reports validation accuracy before and after; OUT_DIR works with predict and export like a head directory.
     """
     source = read_classifier_dir(head_dir)
+    check_output_dir(out_dir)
     next(iter(discover(images_dir)), None)  # a missing folder fails before TensorFlow loads
     import_tensorflow()
     from extractor.heads.finetune import FinetuneConfig

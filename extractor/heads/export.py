@@ -59,7 +59,8 @@ def export_classifier(
     if fmt == "keras" and out.suffix != ".keras":
         raise AlexfeatError(
             f"a Keras model file must end in .keras (Keras refuses other names): use "
-            f"-o {out.with_suffix('.keras')}, or --format savedmodel for a directory"
+            f"-o {out.with_suffix('.keras') if out.name not in ('', '..') else 'model.keras'}, or --format "
+            "savedmodel for a directory"
         )
     model = classifier.end_to_end(weights)
     if fmt == "keras":
