@@ -137,15 +137,17 @@ def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_fi
 
 
 def _print_table(results: list[Any], out: Any) -> None:
+    """The results as a plain-text table; names escaped so that each hit is one line (``text_cell``)."""
+    from extractor.util.textsafe import text_cell
+
     for result in results:
         query = result.query
         title = f"image {query['image']}" if "image" in query else f"id {query['id']}  {query['path']}"
-        click.echo(f"query: {title}", file=out)
+        click.echo(f"query: {text_cell(title)}", file=out)
         click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
         for hit in result.hits:
-            click.echo(
-                f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
-            )
+            label = text_cell(hit.label or "-")
+            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {label:<16}  {text_cell(hit.path)}", file=out)
         click.echo("", file=out)
 
 
@@ -154,8 +156,10 @@ def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None)
 
     import_tensorflow()
     found = searcher.search_images(files, k, weights)
+    from extractor.util.textsafe import text_cell
+
     for path, kind, message in found.errors:
-        click.echo(f"warning: {path}: {kind}: {message}", err=True)
+        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
     if not found.results:
         raise AlexfeatError(f"none of the {len(files)} query images could be read")
     return found.results
@@ -268,7 +272,7 @@ def search(
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
-    from index.dedup import dedup_dataset, output_format, write_report
+    from index.dedup import dedup_dataset, group_lines, output_format, write_report
 
     if out is not None:
         output_format(out)  # a bad extension fails before the search
@@ -276,6 +280,6 @@ def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None
     if out is not None:
         write_report(report, out)
     else:
-        for number, group in enumerate(report.groups, 1):
-            click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
+        for line in group_lines(report):
+            click.echo(line)
     click.echo(report.summary(out))

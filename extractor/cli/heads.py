@@ -25,6 +25,7 @@ from extractor.images.discover import discover
 from extractor.network.tf_runtime import import_tensorflow
 from extractor.parallel.stream import usable_cpus
 from extractor.store import load_dataset, read_meta
+from extractor.util.textsafe import text_cell
 
 progress_option = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 weights_option = click.option(
@@ -188,10 +189,10 @@ def predict(
         if as_json:
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
         elif is_error:
-            click.echo(f"{result.path}: {result.error}: {result.message}", err=True)
+            click.echo(f"{text_cell(result.path)}: {result.error}: {text_cell(result.message)}", err=True)
         else:
-            rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
-            click.echo(f"{result.path}\t{result.label}\t{result.probability:.4f}{rest}")
+            rest = "".join(f"\t{text_cell(label)} {p:.4f}" for label, p in result.top[1:])
+            click.echo(f"{text_cell(result.path)}\t{text_cell(result.label)}\t{result.probability:.4f}{rest}")
     click.echo(f"classified {done}" + (f", {failed} could not be read" if failed else ""), err=True)
 
 

@@ -234,3 +234,52 @@ def test_no_command_shows_a_traceback(world: dict[str, Path], tmp_path: Path) ->
         if not ok:
             failures.append(f"alexfeat {' '.join(map(str, args))} -> {code}: {output[-400:]}")
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------- outputs others open safely
+
+HOSTILE_NAMES = ['=HYPERLINK("http://evil")/a.jpg', "two\nlines.jpg", "tab\there.jpg", "@sum.jpg", "-rf.jpg"]
+
+
+@pytest.fixture(scope="module")
+def hostile_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset whose five names are exact duplicates of each other (one dedup group)."""
+    emb = tmp_path_factory.mktemp("names") / "emb"
+    write_dataset(emb, HOSTILE_NAMES, np.repeat(clustered(1), len(HOSTILE_NAMES), axis=0))
+    return emb
+
+
+def test_dedup_csv_neutralises_formulas_and_json_keeps_exact_names(hostile_names: Path, tmp_path: Path) -> None:
+    import csv
+
+    code, output = run("dedup", hostile_names, "-o", tmp_path / "d.csv", "--no-progress")
+    assert code == 0, output
+    with open(tmp_path / "d.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    paths = sorted(row[2] for row in rows[1:])
+    assert paths == sorted(
+        ["'" + n if n[0] in "=+-@" else n for n in HOSTILE_NAMES]
+    )  # the newline stays inside its quoted cell
+    assert not [p for p in paths if p[0] in "=+-@\t\r"]
+    code, output = run("dedup", hostile_names, "-o", tmp_path / "d.json", "--no-progress")
+    assert sorted(m["path"] for m in json.loads((tmp_path / "d.json").read_text())[0]) == sorted(HOSTILE_NAMES)
+
+
+def test_plain_text_tables_keep_one_line_per_row(hostile_names: Path, tmp_path: Path) -> None:
+    code, output = run("dedup", hostile_names, "--no-progress")
+    assert code == 0
+    lines = output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("group 1 (5): ") and "two\\nlines.jpg" in lines[0]
+    assert "tab\\there.jpg" in lines[0] and "\t" not in lines[0]
+    build_index_dir(hostile_names, tmp_path / "idx", factory="Flat")
+    code, output = run("search", tmp_path / "idx", "--path", "two\nlines.jpg", "-k", 5)
+    assert code == 0, output
+    lines = [line for line in output.splitlines() if line]
+    own = Searcher(tmp_path / "idx").dir.lookup.path_to_id()["two\nlines.jpg"]
+    assert lines[0] == f"query: id {own}  two\\nlines.jpg"
+    assert len(lines) == 2 + 5  # the header line, then one line per hit
+    assert sorted(line.rsplit("  ", 1)[1] for line in lines[2:]) == sorted(n.translate(ESCAPED) for n in HOSTILE_NAMES)
+    assert "\t" not in output
+
+
+ESCAPED = str.maketrans({"\n": "\\n", "\t": "\\t"})
