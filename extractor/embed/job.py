@@ -91,6 +91,7 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
+    follow_outside: bool = True  # follow symbolic links whose target is outside images_dir
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
 
     def metadata(self) -> EmbeddingMeta:
@@ -107,7 +108,11 @@ class EmbedJob:
         ) as writer:
             unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
-                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
+                entries = list(
+                    discover(
+                        self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc)), self.follow_outside
+                    )
+                )
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
