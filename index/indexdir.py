@@ -94,10 +94,6 @@ class Lookup:
         pick = order.tolist()
         return cls(ids, [paths[i] for i in pick], [labels[i] for i in pick], [sha256[i] for i in pick])
 
-    @classmethod
-    def empty(cls) -> Lookup:
-        return cls(np.empty(0, dtype=np.int64), [], [], [])
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -363,7 +359,7 @@ def write_index_dir(
             generation=gen,
             files={name: (gen_dir / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
         )
-        ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the DESIGN.md keys first
+        ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
         _fsync(directory)
         _crash_point(INFO_FILE)

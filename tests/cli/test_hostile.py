@@ -25,7 +25,8 @@ from extractor.network.weights import read_h5, resolve_weights
 from index.build import build_index_dir
 from index.search import Searcher
 from index.update import remove_from_index
-from tests.index_data import clustered, make_meta, paths_for, write_dataset
+from tests.index_data import clustered, paths_for, write_dataset
+from tests.storedata import make_meta
 
 N = 40
 BIG = 2**63  # one past the largest int64
@@ -50,7 +51,7 @@ def _head(directory: Path, classes: list[str], dim: int) -> Path:
     model = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(3, activation="softmax")])
     model.save(directory / "head.keras")
     (directory / "classes.json").write_text(json.dumps(classes))
-    (directory / "metrics.json").write_text(json.dumps({"embedding_metadata": json.loads(make_meta().to_json())}))
+    (directory / "metrics.json").write_text(json.dumps({"embedding_metadata": json.loads(make_meta(32).to_json())}))
     return directory
 
 
