@@ -342,6 +342,7 @@ def write_index_dir(
     count, generation) and returns it.
     """
     masked = np.unique(np.asarray(masked if masked is not None else [], dtype=np.int64))
+    gen_dir, switched = None, False
     try:
         tidy_index_dir(directory)  # a killed writer's leftovers
         number = max([_gen_number(n) for n in os.listdir(directory)] + [0]) + 1
@@ -361,12 +362,16 @@ def write_index_dir(
         )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
+        switched = True
         _fsync(directory)
         _crash_point(INFO_FILE)
         _point_links(directory, gen)
         _remove_generations(directory, gen)
     except (OSError, RuntimeError) as exc:
         raise IndexDirError(f"cannot write the index to {directory} ({exc}); check the space and permissions") from None
+    finally:
+        if gen_dir is not None and not switched:  # a failed write (disk full) leaves the directory as it was
+            shutil.rmtree(gen_dir, ignore_errors=True)
     return info
 
 

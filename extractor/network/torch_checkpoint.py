@@ -190,8 +190,15 @@ def _read_zip(path: Path) -> tuple[Any, dict[str, StorageRef]]:
         storages: dict[str, StorageRef] = {}
         try:
             obj = _unpickle(archive.read(pickles[0]), storages)
+            file_size = path.stat().st_size
             for ref in storages.values():
-                raw = archive.read(f"{top}/data/{ref.key}")
+                entry = archive.getinfo(f"{top}/data/{ref.key}")
+                if entry.file_size > 4 * file_size:  # checked before reading: weights barely compress
+                    raise WeightsError(
+                        f"{path}: storage {ref.key!r} claims {entry.file_size:,} bytes unpacked from a "
+                        f"{file_size:,}-byte file: the checkpoint is corrupt or hostile"
+                    )
+                raw = archive.read(entry)
                 ref.data = _storage_array(raw, ref, byteorder, path)
         except (zipfile.BadZipFile, KeyError, EOFError, OSError) as exc:
             raise WeightsError(f"{path}: checkpoint is truncated or corrupt ({exc})") from None

@@ -10,6 +10,7 @@ import os
 import pickle
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -64,8 +65,8 @@ def _h5_without_arch(path: Path) -> Path:
     return path
 
 
-def _legacy_pth_claiming(path: Path, numel: int) -> Path:
-    """A legacy torch checkpoint with only allowed pickle names whose storage header claims ``numel`` floats."""
+def _state_dict_pickle(numel: int) -> bytes:
+    """A state-dict pickle naming one FloatStorage of ``numel`` values (torch.FloatStorage, an allowed name)."""
     fake = types.ModuleType("torch")
 
     class FloatStorage:  # pickled by name as torch.FloatStorage, which the restricted unpickler allows
@@ -88,9 +89,22 @@ def _legacy_pth_claiming(path: Path, numel: int) -> Path:
             del sys.modules["torch"]
         else:
             sys.modules["torch"] = saved
+    return buffer.getvalue()
+
+
+def _legacy_pth_claiming(path: Path, numel: int) -> Path:
+    """A legacy torch checkpoint with only allowed pickle names whose storage header claims ``numel`` floats."""
     head = pickle.dumps(LEGACY_MAGIC, 2) + pickle.dumps(1001, 2) + pickle.dumps({}, 2)
     keys = pickle.dumps(["0"], 2)
-    path.write_bytes(head + buffer.getvalue() + keys + numel.to_bytes(8, "little") + b"\0" * 64)
+    path.write_bytes(head + _state_dict_pickle(numel) + keys + numel.to_bytes(8, "little") + b"\0" * 64)
+    return path
+
+
+def _zip_pth_bomb(path: Path, nbytes: int) -> Path:
+    """A zip torch checkpoint whose storage is ``nbytes`` of zeros, deflated to a few KiB."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", _state_dict_pickle(nbytes // 4))
+        archive.writestr("bomb/data/0", bytes(nbytes))
     return path
 
 
@@ -158,6 +172,13 @@ def test_a_weights_h5_without_arch_is_a_clear_error(world: dict[str, Path]) -> N
 def test_a_legacy_checkpoint_claiming_a_huge_storage_is_refused_before_allocating(world: dict[str, Path]) -> None:
     with pytest.raises(WeightsError, match="declares 1,099,511,627,776 values, more than the file holds"):
         resolve_weights(str(world["pth"]))
+
+
+def test_a_zip_checkpoint_that_unpacks_far_beyond_its_size_is_refused_before_reading(tmp_path: Path) -> None:
+    bomb = _zip_pth_bomb(tmp_path / "bomb.pth", 16 << 20)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(WeightsError, match="claims 16,777,216 bytes unpacked from a"):
+        resolve_weights(str(bomb))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -146,3 +147,25 @@ def test_a_second_writer_is_refused_while_one_holds_the_lock(datasets: tuple[Pat
     with index_lock(index_dir):
         with pytest.raises(AlexfeatError, match="being written by another alexfeat job"):
             remove_from_index(index_dir, ids=[1])
+
+
+def test_a_full_disk_during_an_add_leaves_the_previous_index_and_no_leftovers(
+    datasets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A real write failure: the writer may not write files over 20 kB (RLIMIT_FSIZE), as on a full disk."""
+    old, grown = datasets
+    index_dir = tmp_path / "idx"
+    build_index_dir(old, index_dir, factory="Flat")
+    before = _answers(index_dir)
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "extractor.cli", "index", "add", str(index_dir), str(grown)]
+    failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: cannot write the index"), failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert _answers(index_dir) == before
+    assert len(_generations(index_dir)) == 1  # the half-written generation was removed at once
