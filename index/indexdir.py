@@ -55,6 +55,7 @@ INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
 CRASH_ENV = "ALEXFEAT_INDEX_CRASH_AFTER"
+GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE})
 _GEN_NAME = re.compile(r"gen-(\d{6,})")
 REQUIRED_KEYS = (
     "factory",
@@ -209,7 +210,9 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
     foreign = [
         n
         for n in sorted(os.listdir(directory))
-        if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE) and not _gen_number(n)
+        if not n.startswith(".")
+        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)
+        and not _is_generation(directory / n)
     ]
     if foreign and not (directory / INFO_FILE).exists():
         raise IndexDirError(
@@ -279,10 +282,20 @@ def _point_links(directory: Path, gen: str) -> None:
         (directory / MASKED_FILE).unlink()
 
 
+def _is_generation(path: Path) -> bool:
+    """Whether ``path`` is a generation folder this module wrote: the name, and nothing inside but its files."""
+    if not _gen_number(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return all(name in GENERATION_FILES for name in os.listdir(path))
+    except OSError:
+        return False
+
+
 def _remove_generations(directory: Path, keep: str | None) -> None:
     """Delete every generation folder but ``keep`` (those of earlier writes, or left by a killed writer)."""
     for entry in os.listdir(directory):
-        if _gen_number(entry) and entry != keep:
+        if entry != keep and _is_generation(directory / entry):
             shutil.rmtree(directory / entry, ignore_errors=True)
 
 

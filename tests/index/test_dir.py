@@ -201,3 +201,12 @@ def test_an_ivf_requested_on_too_few_vectors_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(AlexfeatError, match="needs at least 256 vectors to train its IVF quantiser"):
         build_index_dir(tmp_path / "emb", tmp_path / "idx", factory="IVF256,Flat")
     assert not (tmp_path / "idx" / "index.json").exists()
+
+
+def test_a_folder_named_like_a_generation_but_not_one_is_never_deleted(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "gen-000001").mkdir(parents=True)
+    (out / "gen-000001" / "notes.txt").write_text("precious")
+    with pytest.raises(AlexfeatError, match="not empty and holds no alexfeat index"):
+        build_index_dir(dataset, out)
+    assert (out / "gen-000001" / "notes.txt").read_text() == "precious"
