@@ -126,7 +126,7 @@ class Searcher:
         from extractor.images.discover import stored_name
         from extractor.network.features import FeatureExtractor
 
-        extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
+        extractor = FeatureExtractor.from_metadata(self.dir.meta, weights=weights)
         names = [str(f) for f in files]
         vectors, ok, errors = extractor.embed_paths(names)
         hits = self.search_vectors(vectors, k) if len(ok) else []
@@ -147,7 +147,13 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    root = Path(override) if override is not None else Path(searcher.dir.info["embedding_metadata"]["root"])
+    recorded = searcher.dir.meta.root
+    if override is None and recorded is None:
+        raise AlexfeatError(
+            "the index records no images folder (its embeddings were written without one); pass --images-root "
+            "with the folder that was embedded"
+        )
+    root = Path(override if override is not None else recorded)
     if not root.is_dir():
         source = "given with --images-root" if override is not None else "recorded in the index"
         raise AlexfeatError(
