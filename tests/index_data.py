@@ -13,7 +13,7 @@ from extractor.store import DatasetWriter, EmbeddingMeta, path_ids
 DIM = 32
 
 
-def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) -> EmbeddingMeta:
+def make_meta(dim: int = DIM, root: str | Path | None = "images", **changes: object) -> EmbeddingMeta:
     fields = {
         "arch": "torchvision",
         "weights_source": "random",
@@ -23,7 +23,7 @@ def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) ->
         "input_size": 224,
         "resize": "shorter256-center224",
         "dim": dim,
-        "root": str(root),
+        "root": None if root is None else str(root),
     }
     return EmbeddingMeta(**{**fields, **changes})
 

@@ -171,7 +171,9 @@ def check_exports_match_predict(head: Path, files: list[Path], tmp_path: Path, i
         "extractor.errors",
         "extractor.network",
         "extractor.network.archs",
+        "extractor.network.layers",
         "extractor.network.model",
+        "extractor.network.poolings",
     ]
     np.testing.assert_allclose(result["keras"], expected, atol=1e-5)
     np.testing.assert_allclose(result["savedmodel"], expected, atol=1e-5)
