@@ -20,7 +20,8 @@ from index.indexdir import REQUIRED_KEYS
 from index.search import Searcher
 from index.update import add_to_index
 from tests.format1 import format1_record
-from tests.index_data import clustered, make_meta, paths_for, write_dataset
+from tests.index_data import clustered, paths_for, write_dataset
+from tests.storedata import make_meta
 
 N = 600
 
