@@ -16,7 +16,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.errors import IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.store import Dataset, load_dataset
 from extractor.util.timing import Phases
 from index import ops
 from index.factory import (
@@ -26,7 +26,7 @@ from index.factory import (
     choose_factory,
     training_size,
 )
-from index.indexdir import Lookup, prepare_output, write_index_dir
+from index.indexdir import Lookup, index_lock, prepare_output, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def build_index_dir(
 ) -> BuildSummary:
     """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
-    with dataset_lock(out):
+    with index_lock(out):
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start
