@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.network.precision import PRECISION_HELP, PRECISIONS
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
@@ -154,6 +155,13 @@ def _print_table(results: list[Any], out: Any) -> None:
     help="Weights file for image queries when the recorded source is not on this machine.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help=PRECISION_HELP + " For image queries.",
+)
+@click.option(
     "--images-root",
     default=None,
     type=click.Path(file_okay=False),
@@ -169,6 +177,7 @@ def search(
     as_json: bool,
     html_file: str | None,
     weights: str | None,
+    precision: str,
     images_root: str | None,
 ) -> None:
     """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
@@ -185,7 +194,7 @@ def search(
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
-    searcher = Searcher(index_dir, weights)
+    searcher = Searcher(index_dir, weights, precision)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k)
     for path, kind, message in found.errors:

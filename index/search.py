@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
+from extractor.network.precision import resolve_precision
 from index import ops
 from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
 
@@ -66,12 +67,16 @@ class Searcher:
 
     The index is read once; the model that embeds image queries is built on the first image query and kept, so
     one searcher answers many queries (e.g. in a server). ``weights`` overrides the weights source recorded in
-    the index for image queries (a file with another sha256 is refused).
+    the index for image queries (a file with another sha256 is refused); ``precision`` (``auto``, ``float32``,
+    ``bfloat16``) is how that model runs, whatever precision the indexed vectors were computed in.
     """
 
-    def __init__(self, index_dir: str | os.PathLike[str] | IndexDir, weights: str | None = None) -> None:
+    def __init__(
+        self, index_dir: str | os.PathLike[str] | IndexDir, weights: str | None = None, precision: str = "auto"
+    ) -> None:
         self.dir = index_dir if isinstance(index_dir, IndexDir) else open_index_dir(index_dir)
         self.weights = weights
+        self.precision = resolve_precision(precision)  # an unknown name fails here, not at the first image query
         self._extractor: FeatureExtractor | None = None
         self._extractor_lock = threading.Lock()  # threads serving queries build one model between them
 
@@ -139,7 +144,7 @@ class Searcher:
                 from extractor.network.features import FeatureExtractor
                 from extractor.network.tf_runtime import import_tensorflow
 
-                extractor = FeatureExtractor.from_metadata(self.dir.meta, weights=self.weights)
+                extractor = FeatureExtractor.from_metadata(self.dir.meta, self.weights, self.precision)
                 import_tensorflow()
                 self._extractor = extractor
             return self._extractor
@@ -188,9 +193,10 @@ def search_index(
     queries_dir: str | os.PathLike[str] | None = None,
     k: int = 10,
     weights: str | None = None,
+    precision: str = "auto",
 ) -> SearchResults:
     """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
-    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k)
+    return Searcher(index_dir, weights, precision).search(images, ids, paths, queries_dir, k)
 
 
 def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:

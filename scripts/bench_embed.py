@@ -1,19 +1,24 @@
 """Benchmark ``alexfeat embed`` end to end against the bound its two stages imply on this machine.
 
     python scripts/bench_embed.py [--small 1000,5000] [--large 200,1000] [--repeats 3] [--workdir DIR]
-                                  [--reference-python PYTHON_WITH_TORCH]
+                                  [--precision float32 bfloat16] [--reference-python PYTHON_WITH_TORCH]
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
 measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights),
-each repeat back to back (model, decode, whole command, reference; each with the set's files in the page cache),
-ratios per repeat, then medians:
+each repeat back to back (decode, then model and whole command per precision, reference; each with the set's files
+in the page cache), ratios per repeat, then medians. The header says whether the CPU has native bfloat16, what
+``--precision auto`` picks, and TensorFlow's 2048^3 matmul GFLOP/s in each precision (the bounds). Per precision:
 - model-only images/s (the compiled inference path on uint8 batches);
 - decode-only images/s (read + sha256 + decode + resize in the embed job's decode processes, one per core,
   from the first result on, over the set's first files up to 400 MB);
 - the bound when both share the CPU: 1 / (1/model + 1/decode);
 - end-to-end images/s of the whole ``alexfeat embed`` command (wall time, start-up included), and its ratio
   to the bound (median, and the lowest of the repeats); and the job alone (the summary's wall time: TensorFlow's
-  import and the model build are in it, overlapped with decoding; Python and CLI start-up are not).
+  import and the model build are in it, overlapped with decoding; Python and CLI start-up are not);
+- the job's own split of its time (its summary's stages): decode seconds summed over the decode processes, and
+  inference seconds in the main thread (``decode s``, ``infer s``): where decode s / workers exceeds infer s,
+  decoding is the bottleneck;
+- ``vs f32``: the whole command's images/s over float32's in the same repeat.
 
 TensorFlow's import (~2.5 s of one core) is a fixed cost, so the whole-command ratio grows with the set size: the
 default sizes give one set of each kind that start-up dominates (1,000 and 200 files, 15 and 10 s of work on 2
@@ -108,8 +113,9 @@ def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
     return sample
 
 
-def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
-    """Seconds of the whole ``alexfeat embed`` command, and of its job alone (the summary's wall time)."""
+def embed_once(folder: Path, out: Path, batch_size: int, precision: str) -> dict[str, float]:
+    """Seconds of the whole ``alexfeat embed`` command (``whole``), of its job alone (``job``: the summary's wall
+    time), and the summary's decode and infer stage seconds."""
     cmd = [
         sys.executable,
         "-m",
@@ -124,12 +130,16 @@ def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
         "random",
         "--batch-size",
         str(batch_size),
+        "--precision",
+        precision,
         "--no-progress",
     ]
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return time.perf_counter() - start, float(re.search(r"wall ([0-9.]+)s", output).group(1))
+    whole = time.perf_counter() - start
+    seconds = {key: float(re.search(rf"{key} ([0-9.]+)s", output).group(1)) for key in ("wall", "decode", "infer")}
+    return {"whole": whole, "job": seconds["wall"], "decode_s": seconds["decode"], "infer_s": seconds["infer"]}
 
 
 def reference_once(python: str, folder: Path, batch_size: int, workers: int) -> float:
@@ -156,34 +166,51 @@ def read_all(folder: Path) -> None:
                 pass
 
 
-def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) -> dict[str, float]:
-    """One row: each repeat measures model, decode, the whole command and the reference back to back, so that a
-    machine whose speed drifts (shared CPUs) moves the baseline and the result together; ratios are taken per
-    repeat, then medians. Each repeat starts with the set's files in the page cache."""
+def measure(extractors: dict, folder: Path, count: int, out: Path, args, workers: int) -> dict[str, dict[str, float]]:
+    """One row per precision: each repeat measures decode, then model and the whole command of each precision, and
+    the reference, back to back, so that a machine whose speed drifts (shared CPUs) moves the baselines and the
+    results together; ratios are taken per repeat, then medians. Each command starts with the set's files in the
+    page cache."""
     sample = decode_sample(folder)
-    rows = []
+    resize = next(iter(extractors.values())).resize_spec
+    rows: dict[str, list[dict[str, float]]] = {precision: [] for precision in extractors}
     for _ in range(args.repeats):
         read_all(folder)
-        model, decode = model_rate(extractor, args.batch_size), decode_rate(sample, extractor.resize_spec, workers)
-        bound = 1.0 / (1.0 / model + 1.0 / decode)
-        whole, job = embed_once(folder, out, args.batch_size)
-        row = {
-            "model": model,
-            "decode": decode,
-            "bound": bound,
-            "embed": count / whole,
-            "job": count / job,
-            "ratio": count / whole / bound,
-            "job_ratio": count / job / bound,
-            "extra": whole - count / bound,
-        }
+        decode = decode_rate(sample, resize, workers)
+        torch = None
         if args.reference_python:
             read_all(folder)
-            row["torch"] = reference_once(args.reference_python, folder, args.batch_size, workers)
-            row["vs_torch"] = row["embed"] / row["torch"]
-        rows.append(row)
-    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
-    return {**medians, "lowest": min(row["ratio"] for row in rows)}
+            torch = reference_once(args.reference_python, folder, args.batch_size, workers)
+        float32_rate = None
+        for precision, extractor in extractors.items():
+            model = model_rate(extractor, args.batch_size)
+            bound = 1.0 / (1.0 / model + 1.0 / decode)
+            read_all(folder)
+            run = embed_once(folder, out, args.batch_size, precision)
+            row = {
+                "model": model,
+                "decode": decode,
+                "bound": bound,
+                "embed": count / run["whole"],
+                "job": count / run["job"],
+                "ratio": count / run["whole"] / bound,
+                "job_ratio": count / run["job"] / bound,
+                "extra": run["whole"] - count / bound,
+                "decode_s": run["decode_s"],
+                "infer_s": run["infer_s"],
+            }
+            if precision == "float32":
+                float32_rate = row["embed"]
+            if float32_rate:
+                row["vs_f32"] = row["embed"] / float32_rate
+            if torch is not None:
+                row["torch"], row["vs_torch"] = torch, row["embed"] / torch
+            rows[precision].append(row)
+    result = {}
+    for precision, runs in rows.items():
+        medians = {key: statistics.median(row[key] for row in runs) for key in runs[0]}
+        result[precision] = {**medians, "lowest": min(row["ratio"] for row in runs)}
+    return result
 
 
 def counts(text: str) -> list[int]:
@@ -198,6 +225,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
+    parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument(
         "--reference-python",
         default=None,
@@ -208,33 +236,46 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    from bench_model import tf_matmul_gflops
+
     from extractor.network.features import FeatureExtractor
+    from extractor.network.precision import cpu_bfloat16_flags, resolve_precision
     from extractor.network.tf_runtime import import_tensorflow
     from extractor.parallel.stream import usable_cpus
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alexfeat-bench-"))
     workers = usable_cpus()
+    flags = cpu_bfloat16_flags()
+    print(
+        f"CPU native bfloat16: {'yes (' + ', '.join(flags) + ')' if flags else 'no'}; "
+        f"--precision auto picks {resolve_precision('auto')}"
+    )
     import_tensorflow()
-    extractor = FeatureExtractor("random", arch="torchvision")
+    gflops = tf_matmul_gflops(args.precision)
+    print("TensorFlow matmul 2048^3: " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in gflops.items()))
+    extractors = {p: FeatureExtractor("random", arch="torchvision", precision=p) for p in args.precision}
     print(f"batch {args.batch_size}, {workers} cores, medians of {args.repeats} repeats (ratios per repeat)")
     print(
-        f"{'set':<6} {'size':>10} {'n':>5} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} "
-        f"{'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
+        f"{'set':<6} {'size':>10} {'n':>5} {'precision':<9} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} "
+        f"{'embed/s':>8} {'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'decode s':>8} "
+        f"{'infer s':>7} {'extra s':>8} {'0.90 from':>9} {'vs f32':>6}"
         + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else "")
     )
     for name, sizes in (("small", args.small), ("large", args.large)):
         for count in sizes:
             folder = make_set(workdir, name, count)
-            r = measure(extractor, folder, count, workdir / f"emb-{name}", args, workers)
+            results = measure(extractors, folder, count, workdir / f"emb-{name}", args, workers)
             width, height = SETS[name]
-            reference = f" {r['torch']:>8.1f} {r['vs_torch']:>11.2f}" if args.reference_python else ""
-            print(
-                f"{name:<6} {width:>5}x{height:<4} {count:>5} {r['model']:>8.1f} {r['decode']:>9.1f} "
-                f"{r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} {r['lowest']:>6.2f} {r['job']:>7.1f} "
-                f"{r['job_ratio']:>9.2f} {r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f}"
-                f"{reference}",
-                flush=True,
-            )
+            for precision, r in results.items():
+                reference = f" {r['torch']:>8.1f} {r['vs_torch']:>11.2f}" if args.reference_python else ""
+                print(
+                    f"{name:<6} {width:>5}x{height:<4} {count:>5} {precision:<9} {r['model']:>8.1f} "
+                    f"{r['decode']:>9.1f} {r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} "
+                    f"{r['lowest']:>6.2f} {r['job']:>7.1f} {r['job_ratio']:>9.2f} {r['decode_s']:>8.1f} "
+                    f"{r['infer_s']:>7.1f} {r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f} "
+                    f"{r.get('vs_f32', float('nan')):>6.2f}{reference}",
+                    flush=True,
+                )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -7,8 +7,11 @@ docs/design.md's reference figures:
 - cosine kNN leave-one-out precision@10 and mAP by label (every image queries all the others);
 - linear probe: scikit-learn LogisticRegression(C=10, max_iter=3000) on the L2-normalised vectors, 30 training
   images per class drawn with numpy.random.default_rng(0), the rest tested.
-Each ``--variant key=value[,key=value]`` (keys: pooling, layer, resize) embeds into EMB_DIR-<variant> and adds a
-row, so settings are compared in one run. ``--post sqrt`` adds a power-normalised (signed square root) row.
+The default row is computed in float32; a second row embeds the same settings in bfloat16 (into
+EMB_DIR-precision_bfloat16) and the last line gives how far each score moves (the target: at most 0.005).
+Each ``--variant key=value[,key=value]`` (keys: pooling, layer, resize, precision; float32 unless given) embeds into
+EMB_DIR-<variant> and adds a row, so settings are compared in one run. ``--post sqrt`` adds a power-normalised
+(signed square root) row.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 REFERENCE = {"P@10": 0.756, "mAP": 0.556, "probe": 0.916}  # docs/design.md, pool5 global average, caffe weights
+BFLOAT16_MOVE = 0.005  # the most a score may move between float32 and bfloat16 vectors
 
 
 def knn_scores(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float, float]:
@@ -90,15 +94,16 @@ def main() -> None:
     from extractor.store import load_dataset
 
     rows = []
-    settings = [("default", {})] + [(v, dict(kv.split("=", 1) for kv in v.split(","))) for v in args.variant]
+    variants = ["precision=bfloat16"] + args.variant
+    settings = [("default", {})] + [(v, dict(kv.split("=", 1) for kv in v.split(","))) for v in variants]
     for name, options in settings:
         out = args.emb_dir if name == "default" else Path(f"{args.emb_dir}-{name.replace('=', '_').replace(',', '+')}")
-        seconds = embed(args.images_dir, out, args.weights, options)
+        seconds = embed(args.images_dir, out, args.weights, {"precision": "float32", **options})
         data = load_dataset(out, columns=("path", "label"))
         order = np.argsort(np.array(data.paths))
         vectors, labels = data.vectors[order], np.array(data.labels, dtype=object)[order]
         meta = data.meta
-        desc = f"{name}: {meta.layer}/{meta.pooling} {meta.resize}"
+        desc = f"{name}: {meta.layer}/{meta.pooling} {meta.resize} {meta.precision}"
         rows.append((desc, meta.dim, evaluate(vectors, labels), seconds))
         for post in args.post:
             rows.append((f"{desc} +{post}", meta.dim, evaluate(signed_sqrt(vectors), labels), 0.0))
@@ -112,6 +117,14 @@ def main() -> None:
         print(
             f"{desc:<58} {dim:>5} {scores['P@10']:>6.3f} {scores['mAP']:>6.3f} {scores['probe']:>6.3f} {seconds:>8.1f}"
         )
+    float32, bfloat16 = rows[0][2], rows[1 + len(args.post)][2]
+    moves = {key: bfloat16[key] - float32[key] for key in float32}
+    verdict = "within" if max(abs(move) for move in moves.values()) <= BFLOAT16_MOVE else "OUTSIDE"
+    print(
+        "bfloat16 vs float32: "
+        + ", ".join(f"{key} {move:+.4f}" for key, move in moves.items())
+        + f" ({verdict} the {BFLOAT16_MOVE} target)"
+    )
 
 
 if __name__ == "__main__":

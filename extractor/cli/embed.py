@@ -8,6 +8,7 @@ from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
+from extractor.network.precision import PRECISION_HELP, PRECISIONS
 from extractor.parallel.stream import usable_cpus
 
 
@@ -82,6 +83,7 @@ from extractor.parallel.stream import usable_cpus
     help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
     "--max-pixels); by default only changed ones are retried.",
 )
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
 @click.option(
     "--follow-outside/--no-follow-outside",
@@ -106,6 +108,7 @@ def embed(
     max_decode_seconds: float,
     prune: bool,
     retry_errors: bool,
+    precision: str,
     overwrite: bool,
     follow_outside: bool,
     progress: bool | None,
@@ -125,6 +128,7 @@ def embed(
         layer,
         pooling,
         resize,
+        precision,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,

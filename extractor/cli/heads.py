@@ -14,6 +14,7 @@ from extractor.heads.export import EXPORT_FORMATS
 from extractor.heads.predict import PredictError, Prediction
 from extractor.heads.train import HEAD_KINDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.network.precision import PRECISION_HELP, PRECISIONS
 from extractor.parallel.stream import usable_cpus
 from extractor.util.textsafe import text_cell
 
@@ -117,6 +118,13 @@ def train(
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1), help="Classes listed per image.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: path, label, probability, top.")
 @weights_option
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help=PRECISION_HELP + " A fine-tuned model runs as saved.",
+)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--workers", default=usable_cpus(), show_default=True, type=click.IntRange(1, 256), help="Decoding threads."
@@ -131,6 +139,7 @@ def predict(
     top: int,
     as_json: bool,
     weights: str | None,
+    precision: str,
     batch_size: int,
     workers: int,
     max_pixels: int,
@@ -151,7 +160,7 @@ def predict(
         results = predict_dataset(head_dir, emb_dir, top)
     else:
         results = predict_files(
-            head_dir, images, image_dir, top, weights, batch_size, workers, max_pixels, progress, _warn
+            head_dir, images, image_dir, top, weights, batch_size, workers, max_pixels, progress, _warn, precision
         )
     done = failed = 0
     for result in results:

@@ -63,6 +63,7 @@ class EmbedSummary:
     wall_seconds: float = 0.0
     stages: Phases = field(default_factory=lambda: Phases("embed", STAGES, level=logging.DEBUG))
     meta: EmbeddingMeta | None = None  # the dataset's model settings (arch, layer, pooling, dim, ...)
+    precision: str = ""  # how the network ran and why, e.g. "bfloat16 (auto: CPU has amx_bf16/avx512_bf16)"
 
     @property
     def images_per_second(self) -> float:
@@ -76,7 +77,7 @@ class EmbedSummary:
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
             "(model: TensorFlow's start-up and the model build, while files decode; decode: summed over workers)",
-        ]
+        ] + ([f"precision {self.precision}"] if self.precision else [])
 
 
 @dataclass
@@ -103,7 +104,7 @@ class EmbedJob:
 
     def run(self) -> EmbedSummary:
         meta = self.metadata()
-        summary = EmbedSummary(meta=meta)
+        summary = EmbedSummary(meta=meta, precision=str(self.extractor.precision))
         start = time.perf_counter()
         timer = summary.stages
         with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
@@ -206,19 +207,21 @@ def embed_folder(
     layer: str = "pool5",
     pooling: str = DEFAULT_POOLING,
     resize: str | None = None,
+    precision: str = "auto",
     **options: Any,
 ) -> EmbedSummary:
     """Embed every image under ``images_dir`` into the dataset ``out_dir`` (created; a rerun embeds only new and
     changed files), as ``alexfeat embed`` does.
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``, ``precision`` (``auto``, ``float32``, ``bfloat16``): as
+    :class:`FeatureExtractor` takes them; the summary says which precision ran and why. ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
     starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize, precision)
     return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 
 

@@ -22,6 +22,7 @@ from extractor.heads.predict import ImageClassifier, PredictError, Prediction, p
 from extractor.heads.train import TrainConfig, train_head
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import discover
+from extractor.network.precision import resolve_precision
 from extractor.network.tf_runtime import import_tensorflow
 from extractor.parallel.stream import usable_cpus
 from extractor.store import load_dataset, read_meta
@@ -92,21 +93,30 @@ def image_files(files: Iterable[PathLike] = (), folder: PathLike | None = None) 
 
 
 def load_image_classifier(
-    head_dir: PathLike, weights: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, warn: Warn | None = None
+    head_dir: PathLike,
+    weights: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    warn: Warn | None = None,
+    precision: str = "auto",
 ) -> ImageClassifier:
     """The end-to-end classifier (decoded images → probabilities) of a head or fine-tuned directory, built once
     and reusable: call :meth:`ImageClassifier.predict_files` as often as needed. ``weights`` overrides a head's
-    recorded weights source (ignored, with a warning, for a fine-tuned directory)."""
-    return _image_classifier(read_classifier_dir(head_dir), weights, max_pixels, warn)
+    recorded weights source and ``precision`` (``auto``, ``float32``, ``bfloat16``) sets how its base runs (both
+    ignored, with a warning, for a fine-tuned directory, which runs as saved)."""
+    return _image_classifier(read_classifier_dir(head_dir), weights, max_pixels, warn, precision)
 
 
 def _image_classifier(
-    classifier: ClassifierDir, weights: str | None, max_pixels: int, warn: Warn | None
+    classifier: ClassifierDir, weights: str | None, max_pixels: int, warn: Warn | None, precision: str
 ) -> ImageClassifier:
+    resolved = resolve_precision(precision)
     if weights and classifier.finetuned:
         (warn or log.warning)("--weights is ignored: a fine-tuned model holds its own weights")
+    if precision == "bfloat16" and classifier.finetuned:
+        (warn or log.warning)("--precision bfloat16 is ignored: a fine-tuned model runs as saved (float32)")
     import_tensorflow()
-    return ImageClassifier(classifier.end_to_end(weights), classifier.classes, classifier.resize_spec, max_pixels)
+    model = classifier.end_to_end(weights, resolved.name)
+    return ImageClassifier(model, classifier.classes, classifier.resize_spec, max_pixels)
 
 
 def predict_files(
@@ -120,13 +130,15 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
     warn: Warn | None = None,
+    precision: str = "auto",
 ) -> Iterator[Prediction | PredictError]:
     """Classify image ``files`` (and every image under ``folder``) with the model in ``head_dir``, decoded and
-    embedded as its embeddings were. Yields, in input order, a :class:`Prediction` per file or a
-    :class:`PredictError` for a file that cannot be read. The model is built before this returns."""
+    embedded as its embeddings were (``precision``: how the base runs, as :func:`load_image_classifier` takes it).
+    Yields, in input order, a :class:`Prediction` per file or a :class:`PredictError` for a file that cannot be
+    read. The model is built before this returns."""
     classifier = read_classifier_dir(head_dir)  # a bad directory fails before the folder is listed
     paths = image_files(files, folder)
-    model = _image_classifier(classifier, weights, max_pixels, warn)
+    model = _image_classifier(classifier, weights, max_pixels, warn, precision)
     return model.predict_files(paths, top, batch_size, workers or usable_cpus(), progress)
 
 

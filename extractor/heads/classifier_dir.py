@@ -106,14 +106,15 @@ class ClassifierDir:
             "train a head on these embeddings",
         )
 
-    def end_to_end(self, weights: str | None = None) -> Any:
+    def end_to_end(self, weights: str | None = None, precision: str = "float32") -> Any:
         """uint8 RGB images (N, S, S, 3) → probabilities. For a head, ``weights`` overrides the recorded weights
-        source (a file with another sha256 is refused)."""
+        source (a file with another sha256 is refused) and ``precision`` is how the base runs (float32 unless
+        asked: exports and fine-tuning stay float32); a fine-tuned model runs as saved."""
         if self.finetuned:
             return self.load_model()
         from extractor.network.features import FeatureExtractor
 
-        extractor = FeatureExtractor.from_metadata(self.meta, weights)
+        extractor = FeatureExtractor.from_metadata(self.meta, weights, precision)
         return end_to_end_model(extractor.model, self.load_model())
 
 

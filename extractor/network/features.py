@@ -4,6 +4,10 @@ One :class:`FeatureExtractor` is :func:`extractor.network.model.AlexNet` (frozen
 pooling) + preprocessing + L2 normalisation, compiled once as a ``tf.function``. Its ``spec``, an
 :class:`~extractor.network.spec.EmbeddingMeta`, is what the dataset records, so a later command (search by image,
 predict) rebuilds exactly the same function with :meth:`FeatureExtractor.from_metadata`.
+
+``precision`` (:mod:`extractor.network.precision`): ``auto`` (bfloat16 where the hardware has it, else float32),
+``float32`` or ``bfloat16`` (Keras' ``mixed_bfloat16`` policy for the convolutions and fully connected layers;
+pooling, L2 normalisation and the vectors float32). Either precision gives compatible vectors.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from extractor.errors import AlexfeatError, WeightsError
 from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
+from extractor.network.precision import Precision, resolve_precision
 from extractor.network.spec import EmbeddingMeta
 from extractor.network.weights import Weights, resolve_weights
 
@@ -48,8 +53,11 @@ class FeatureExtractor:
         layer: str = "pool5",
         pooling: str = DEFAULT_POOLING,
         resize: str | None = None,
+        precision: str | Precision = "auto",
     ) -> None:
         from extractor.images.decode import ResizeSpec
+
+        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision)
 
         self.weights = resolve_weights(weights, arch) if isinstance(weights, str) else weights
         arch = self.weights.check_arch(arch)
@@ -69,6 +77,7 @@ class FeatureExtractor:
             input_size=size,
             resize=str(self.resize_spec),
             dim=POOLINGS[pooling].dim if layer == "pool5" else FC_UNITS,
+            precision=self.precision.name,
         )
         self._model: Any = None
         self._compiled: Any = None
@@ -93,19 +102,24 @@ class FeatureExtractor:
                 self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
 
     def _build(self, arch: str, layer: str, pooling: str) -> Any:
-        """The Keras model from uint8 images to unnormalised features: Preprocess, then AlexNet up to ``layer``
-        (pooled with ``pooling`` at pool5)."""
+        """The Keras model from uint8 images to unnormalised float32 features: Preprocess, then AlexNet (in this
+        extractor's precision) up to ``layer`` (pooled with ``pooling`` at pool5)."""
         import keras
 
         from extractor.network.model import AlexNet, Preprocess
 
+        dtype = self.precision.policy
         if layer == "pool5":
-            features = AlexNet(weights=self.weights, include_top=False, pooling=pooling, trainable=False)
+            features = AlexNet(weights=self.weights, include_top=False, pooling=pooling, trainable=False, dtype=dtype)
         else:
-            base = AlexNet(weights=self.weights, include_top=True, classifier_activation=None, trainable=False)
+            base = AlexNet(
+                weights=self.weights, include_top=True, classifier_activation=None, trainable=False, dtype=dtype
+            )
             features = keras.Model(base.input, base.get_layer(layer).output)
         inputs = keras.Input(shape=features.input_shape[1:], dtype="uint8", name="image")
         outputs = features(Preprocess(arch, name="preprocess")(inputs))
+        if outputs.dtype != "float32":  # fc6/fc7 under mixed_bfloat16
+            outputs = keras.layers.Activation("linear", dtype="float32", name="float32_out")(outputs)
         return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}")
 
     def _compile(self) -> Any:
@@ -157,10 +171,13 @@ class FeatureExtractor:
         return vectors, ok, errors
 
     @classmethod
-    def from_metadata(cls, meta: EmbeddingMeta, weights: str | None = None) -> FeatureExtractor:
+    def from_metadata(
+        cls, meta: EmbeddingMeta, weights: str | None = None, precision: str | Precision = "auto"
+    ) -> FeatureExtractor:
         """Rebuild the extractor a dataset was made with; ``weights`` overrides the recorded source.
 
-        A weights file whose sha256 differs from the recorded one is refused.
+        A weights file whose sha256 differs from the recorded one is refused. ``precision`` is this run's, not the
+        recorded one: vectors of either precision are compatible.
         """
         source = weights or meta.weights_source
         try:
@@ -176,7 +193,7 @@ class FeatureExtractor:
                 f"embeddings were made with (sha256 {meta.weights_sha256[:12]}..., from "
                 f"{meta.weights_source!r})"
             )
-        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize)
+        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize, precision)
         meta.check_compatible(
             extractor.spec, "the rebuilt extractor differs from the recorded settings (recorded != rebuilt)"
         )

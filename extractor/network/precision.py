@@ -23,6 +23,11 @@ from extractor.errors import AlexfeatError
 PRECISIONS = ("auto", "float32", "bfloat16")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 """Keras dtype policy of the network's convolution and fully connected layers per precision."""
+PRECISION_HELP = (
+    "Inference precision. auto: bfloat16 where the processor computes it natively (CPU flag avx512_bf16 or amx_bf16, "
+    "or a GPU from compute capability 8.0), else float32. Both give compatible vectors (cosine >= 0.9999)."
+)
+"""The ``--precision`` help of every command that runs the network."""
 CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 

@@ -36,6 +36,9 @@ class EmbeddingMeta:
     input_size: int
     resize: str
     dim: int
+    # "float32" or "bfloat16": how the network ran (vectors of the two agree to cosine >= 0.9999, so a dataset may
+    # hold both); files written before the field existed are float32.
+    precision: str = field(default="float32", metadata=_NOT_COMPARED)
     root: str | None = field(default=None, metadata=_NOT_COMPARED)  # the images folder (absolute), once embedded
     package_version: str = field(default=__version__, metadata=_NOT_COMPARED)
     format_version: int = field(default=FORMAT_VERSION, metadata=_NOT_COMPARED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -361,3 +362,34 @@ def test_no_follow_outside_leaves_out_links_leading_out_of_the_folder(tmp_path):
     code, output = embed(str(root), "-o", str(tmp_path / "all"), "--workers", "0", *RANDOM)  # the default follows
     assert code == 0, output
     assert sorted(load_dataset(tmp_path / "all", embeddings=False).paths) == ["cats/escape/secret.jpg", "cats/own.jpg"]
+
+
+def test_a_float32_dataset_is_extended_by_a_bfloat16_rerun(tmp_path):
+    """Precision is not a compatibility setting: a rerun on a machine with bfloat16 adds its rows to a float32
+    dataset; each part records the precision its rows were computed in, and the summary says which ran and why."""
+    images, out = tmp_path / "images", tmp_path / "emb"
+    photo_tree(images, 3)
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--precision", "float32")
+    assert code == 0 and "precision float32 (asked for)" in output, output
+    make_photo(images / "class1" / "later.jpg", (96, 72), seed=50)
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--precision", "bfloat16")
+    assert code == 0 and "embedded 1, unchanged 3, errors 0" in output and "precision bfloat16" in output, output
+    recorded = [json.loads(pq.read_schema(part).metadata[b"alexfeat"])["precision"] for part in list_parts(out)]
+    assert recorded == ["float32", "bfloat16"]
+    data = load_dataset(out, columns=("path",))
+    assert len(data.paths) == 4 and data.meta.precision == "bfloat16"  # the newest part's
+    np.testing.assert_allclose(np.linalg.norm(data.vectors, axis=1), 1.0, rtol=1e-5)
+    # The bfloat16 row is the float32 one to cosine >= 0.9999: recompute it in float32 alone.
+    assert embed(str(images), "-o", str(tmp_path / "f32"), *RANDOM, "--precision", "float32")[0] == 0
+    again = load_dataset(tmp_path / "f32", columns=("path",))
+    later = data.paths.index("class1/later.jpg")
+    assert float(data.vectors[later] @ again.vectors[again.paths.index("class1/later.jpg")]) >= 0.9999
+
+
+def test_auto_precision_is_reported_and_an_unknown_one_refused(tmp_path):
+    images = tmp_path / "images"
+    photo_tree(images, 1)
+    code, output = embed(str(images), "-o", str(tmp_path / "emb"), *RANDOM)
+    assert code == 0 and "precision " in output and "(auto: " in output, output
+    code, output = embed(str(images), "-o", str(tmp_path / "emb2"), *RANDOM, "--precision", "half")
+    assert code == 2 and "'half' is not one of 'auto', 'float32', 'bfloat16'" in output

@@ -13,6 +13,7 @@ from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
 from extractor.network.features import FeatureExtractor
 from extractor.network.model import AlexNet, preprocess_input
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS, Pooling
+from extractor.network.precision import PRECISIONS
 
 # What each pooling computes on (N, H, W, C) maps, written independently of the model.
 REFERENCE = {
@@ -45,7 +46,7 @@ def caffe_maps(images: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", list(POOLINGS))
 def test_every_pooling_in_the_table_is_what_it_says_on_the_pool5_maps(name, images, caffe_maps):
-    extractor = FeatureExtractor("random", "caffe", "pool5", name)
+    extractor = FeatureExtractor("random", "caffe", "pool5", name, precision="float32")  # the reference's
     vectors = extractor(images)
     assert vectors.shape == (2, POOLINGS[name].dim) and extractor.spec.dim == POOLINGS[name].dim
     assert extractor.spec.pooling == name
@@ -60,7 +61,7 @@ def test_a_new_pooling_is_one_entry_and_may_use_conv5_before_its_max_pool(monkey
 
     monkeypatch.setitem(POOLINGS, "conv5max", Pooling(conv5_max, 256, "max of conv5"))
     assert AlexNet(arch="caffe", weights="random", pooling="conv5max").output_shape == (None, 256)
-    extractor = FeatureExtractor("random", "caffe", "pool5", "conv5max")
+    extractor = FeatureExtractor("random", "caffe", "pool5", "conv5max", precision="float32")
     assert extractor.spec.pooling == "conv5max"
     np.testing.assert_allclose(extractor(images), unit(caffe_maps["conv5"].max(axis=(1, 2))), atol=2e-5)
 
@@ -97,4 +98,9 @@ def test_the_cli_choices_are_the_tables():
     from extractor.cli.embed import embed
 
     choices = {p.name: list(p.type.choices) for p in embed.params if hasattr(p.type, "choices")}
-    assert choices == {"arch": list(ARCHS), "layer": list(LAYERS), "pooling": list(POOLINGS)}
+    assert choices == {
+        "arch": list(ARCHS),
+        "layer": list(LAYERS),
+        "pooling": list(POOLINGS),
+        "precision": list(PRECISIONS),
+    }

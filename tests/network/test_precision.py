@@ -107,3 +107,49 @@ def test_layers_follow_the_global_policy_and_pool_in_float32():
     assert model.get_layer("norm1").compute_dtype == "bfloat16" and gem.compute_dtype == "float32"
     maps = model(np.zeros((1, 227, 227, 3), np.float32))
     assert str(maps.dtype) == "<dtype: 'bfloat16'>" and gem(maps).dtype == "float32"
+
+
+# --- FeatureExtractor(precision=...) ---------------------------------------------------------------------------
+
+
+def test_bfloat16_extractor_embeds_a_few_images_into_float32_unit_vectors():
+    from extractor.network.features import FeatureExtractor
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    bf16 = FeatureExtractor("random", precision="bfloat16")
+    f32 = FeatureExtractor("random", precision="float32")
+    assert (bf16.spec.precision, f32.spec.precision) == ("bfloat16", "float32")
+    assert bf16.spec.differences(f32.spec) == []  # compatible: precision is not a compatibility field
+    assert bf16.model.get_layer("alexnet_torchvision").get_layer("conv3").compute_dtype == "bfloat16"
+    vectors = bf16(images)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 256)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert _cosines(vectors, f32(images)).min() > 0.9999
+    rebuilt = FeatureExtractor.from_metadata(f32.spec, precision="bfloat16")  # a float32 dataset, a bfloat16 query
+    assert rebuilt.spec.precision == "bfloat16"
+    np.testing.assert_array_equal(rebuilt(images), vectors)
+
+
+def dev_photos(dev_images, count: int = 40) -> list[str]:
+    """``count`` photos of the dev set spread over its classes (sorted, every n-th)."""
+    paths = sorted(str(p) for p in dev_images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return paths[:: max(1, len(paths) // count)][:count]
+
+
+@pytest.mark.parametrize("arch", ["caffe", "torchvision"])
+def test_bfloat16_agrees_with_float32_on_real_photos(arch, dev_images, caffe_weights):
+    """The shared ImageNet weights for caffe; no torchvision ImageNet weights are stored here, so random ones
+    (seeded He initialisation) for torchvision, and its fc7 too (the fully connected path)."""
+    from extractor.network.features import FeatureExtractor
+
+    paths = dev_photos(dev_images)
+    settings = [("pool5", "gem"), ("pool5", "avg")] if arch == "caffe" else [("pool5", "gem"), ("fc7", "avg")]
+    weights = str(caffe_weights) if arch == "caffe" else "random"
+    for layer, pooling in settings:
+        vectors = {}
+        for precision in ("float32", "bfloat16"):
+            extractor = FeatureExtractor(weights, arch=arch, layer=layer, pooling=pooling, precision=precision)
+            vectors[precision], ok, errors = extractor.embed_paths(paths)
+            assert len(ok) == len(paths) and not errors
+        cosines = _cosines(vectors["float32"], vectors["bfloat16"])
+        assert cosines.min() >= 0.9999, (arch, layer, pooling, cosines.min())
