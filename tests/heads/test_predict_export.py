@@ -95,6 +95,24 @@ def test_predict_on_images_equals_the_head_on_their_stored_embeddings(trained):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_predict_in_bfloat16_agrees_with_float32(trained):
+    """--precision applies to the head's base: a float32-trained head classifies bfloat16 embeddings alike."""
+    probabilities = {}
+    for precision in ("float32", "bfloat16"):
+        code, out, err = run(
+            "predict", trained["head"], *trained["held"], "--json", "--top", "3", "--precision", precision
+        )
+        assert code == 0, err
+        probabilities[precision] = {line["path"]: line["top"] for line in json_lines(out)}
+    assert probabilities["float32"].keys() == probabilities["bfloat16"].keys()
+    for path, top in probabilities["float32"].items():
+        other = {t["label"]: t["probability"] for t in probabilities["bfloat16"][path]}
+        assert top[0]["label"] == probabilities["bfloat16"][path][0]["label"]
+        np.testing.assert_allclose([t["probability"] for t in top], [other[t["label"]] for t in top], atol=2e-3)
+    code, _, err = run("predict", trained["head"], trained["held"][0], "--precision", "half")
+    assert code == 2 and "'half' is not one of 'auto', 'float32', 'bfloat16'" in err
+
+
 def test_embeddings_from_another_model_are_refused(trained, tmp_path):
     embed_tree(trained["images"], tmp_path / "emb_max", pooling="max")
     code, _, err = run("predict", trained["head"], "--embeddings", tmp_path / "emb_max")
@@ -137,8 +155,9 @@ print(json.dumps({"keras": loaded.tolist(), "savedmodel": served.tolist(), "modu
 
 
 def check_exports_match_predict(head: Path, files: list[Path], tmp_path: Path, input_size: int) -> None:
-    """Export ``head`` in both formats; in a fresh process, both give ``alexfeat predict``'s probabilities on the
-    decoded, resized images (within 1e-5), the .keras file needing no alexfeat import but extractor.network.model."""
+    """Export ``head`` in both formats; in a fresh process, both give ``alexfeat predict``'s probabilities (in
+    float32, as exports run) on the decoded, resized images (within 1e-5), the .keras file needing no alexfeat import
+    but extractor.network.model."""
     keras_path, saved_dir = tmp_path / "model.keras", tmp_path / "saved"
     code, out, err = run("export", head, "-o", keras_path)
     assert code == 0, err
@@ -148,7 +167,8 @@ def check_exports_match_predict(head: Path, files: list[Path], tmp_path: Path, i
     for classes_file in (tmp_path / "model.classes.json", saved_dir / "classes.json"):
         assert json.loads(classes_file.read_text())["classes"] == classes
 
-    code, out, _ = run("predict", head, *files, "--json", "--top", str(len(classes)), "--no-progress")
+    top = str(len(classes))
+    code, out, _ = run("predict", head, *files, "--json", "--top", top, "--precision", "float32", "--no-progress")
     expected = np.array(
         [[{t["label"]: t["probability"] for t in line["top"]}[c] for c in classes] for line in json_lines(out)]
     )

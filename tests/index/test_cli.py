@@ -241,6 +241,9 @@ def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Pat
     assert result["results"][0]["path"] == paths[3]
     assert result["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 4
+    for precision in ("float32", "bfloat16"):  # the query's precision, whatever the index's
+        code, output = run("search", index_dir, "--image", images / paths[3], "-k", "1", "--precision", precision)
+        assert code == 0 and paths[3] in output.splitlines()[2], output
 
 
 @pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
