@@ -23,7 +23,8 @@ from extractor.parallel.stream import usable_cpus
     "--weights",
     default=None,
     metavar="SOURCE",
-    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: $ALEXFEAT_WEIGHTS or imagenet.",
+    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: on a rerun the dataset's own, else "
+    "$ALEXFEAT_WEIGHTS or imagenet.",
 )
 @click.option(
     "--arch",
@@ -31,13 +32,18 @@ from extractor.parallel.stream import usable_cpus
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
+@click.option(
+    "--layer",
+    type=click.Choice(["pool5", "fc6", "fc7"]),
+    default=None,
+    help="Default: pool5 (on a rerun: the dataset's).",
+)
 @click.option(
     "--pooling",
     type=click.Choice(["avg", "max", "gem", "flatten"]),
-    default="gem",
-    show_default=True,
-    help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).",
+    default=None,
+    help="Global pooling of pool5: gem (generalised mean, p=3; best measured; the default), avg, max, or flatten "
+    "(the 9216-d maps).",
 )
 @click.option(
     "--resize",
@@ -74,7 +80,7 @@ from extractor.parallel.stream import usable_cpus
 @click.option(
     "--retry-errors",
     is_flag=True,
-    help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
+    help="Try again files that failed before (see `alexfeat errors`) even when unchanged (e.g. after raising "
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
@@ -84,8 +90,8 @@ def embed(
     out_dir: str,
     weights: str | None,
     arch: str | None,
-    layer: str,
-    pooling: str,
+    layer: str | None,
+    pooling: str | None,
     resize: str | None,
     batch_size: int,
     workers: int,
@@ -99,17 +105,16 @@ def embed(
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
 
-    Reruns embed only new and changed files. Files that cannot be embedded are recorded in
-    OUT_DIR/_errors.parquet and never stop the job.
+    Reruns embed only new and changed files, with the model the dataset recorded (no options needed). Files that
+    cannot be embedded are recorded (list them with `alexfeat errors OUT_DIR`) and never stop the job.
     """
     from extractor.images.discover import discover
-    from extractor.network.weights import default_source
 
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
     from extractor.embed.job import EmbedJob
-    from extractor.network.features import FeatureExtractor
+    from extractor.embed.settings import extractor_for
 
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=overwrite)
     job = EmbedJob(
         images_dir,
         out_dir,
@@ -126,6 +131,25 @@ def embed(
     )
     summary = job.run()
     spec = extractor.spec
-    click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
-    for line in summary.lines():
+    if summary.changed:
+        click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+    for line in summary.lines(out_dir):
         click.echo(line)
+
+
+@click.command()
+@click.argument("emb_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, error, message, size, mtime_ns}.")
+def errors(emb_dir: str, as_json: bool) -> None:
+    """List the files of the dataset EMB_DIR that could not be embedded, with the reason."""
+    import json
+
+    from extractor.store import read_errors
+
+    records = read_errors(emb_dir).to_pylist()
+    if as_json:
+        click.echo(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    for record in records:
+        click.echo(f"{record['path']}\t{record['error']}\t{record['message']}")
+    click.echo(f"{len(records)} file(s) could not be embedded" if records else "no errors recorded", err=True)

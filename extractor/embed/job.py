@@ -65,11 +65,21 @@ class EmbedSummary:
     def images_per_second(self) -> float:
         return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
 
-    def lines(self) -> list[str]:
+    @property
+    def changed(self) -> bool:
+        """Whether the run embedded, recorded or dropped anything."""
+        return bool(self.embedded or self.errors or self.dropped)
+
+    def lines(self, out_dir: str | None = None) -> list[str]:
+        """The summary to print: one short line for a run with nothing to do, else counts and times."""
+        known = f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else ""
+        if not self.changed:
+            return [f"up to date: unchanged {self.unchanged}{known}, nothing to embed"]
+        where = f" (list them: alexfeat errors {out_dir})" if self.errors and out_dir else ""
         stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stages.seconds.items())
         return [
-            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
-            + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
+            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}{where}"
+            + known
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
             "(model: TensorFlow's start-up and the model build, while files decode; decode: summed over workers)",
