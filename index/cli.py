@@ -252,29 +252,64 @@ def search(
 @click.argument("emb_dir", type=_DIR)
 @click.option(
     "--threshold",
-    default=0.95,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1, min_open=True),
-    help="Cosine similarity at or above which two images are near-duplicates.",
+    help="Score at or above which two images are copies: the verified score (default 0.96), or with --no-verify "
+    "the embedding cosine (default 0.95).",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check candidate pairs on the images (copies, not lookalikes); --no-verify groups by embeddings alone "
+    "(no images needed, but different photos of one thing are grouped too).",
+)
+@click.option(
+    "--images-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the embedded images, when not where the embeddings recorded it.",
 )
 @click.option(
     "-o",
     "--output",
     "out",
     type=click.Path(dir_okay=False),
-    help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).",
+    help="Write the groups here: .json (list of groups of {id, path, score}) or .csv (group, id, path, score); "
+    "score: to the group's first member.",
 )
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page of the groups.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
-    """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
+def dedup(
+    emb_dir: str,
+    threshold: float | None,
+    verify: bool,
+    images_root: str | None,
+    out: str | None,
+    html_file: str | None,
+    progress: bool | None,
+) -> None:
+    """Find groups of near-duplicate images (copies: crops, resizes, re-encodes, brightness changes) in the
+    embeddings dataset EMB_DIR, largest first."""
     from index.dedup import dedup_dataset, output_format, write_report
 
     if out is not None:
         output_format(out)  # a bad extension fails before the search
-    report = dedup_dataset(emb_dir, threshold, progress)
+    report = dedup_dataset(emb_dir, threshold, progress, verify=verify, images_root=images_root)
+    for path, why in sorted(report.unreadable.items()):
+        click.echo(f"warning: cannot verify {path}: {why}", err=True)
     if out is not None:
         write_report(report, out)
     else:
         for number, group in enumerate(report.groups, 1):
-            click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
+            members = "  ".join([group[0].path] + [f"{m.path} ({m.score:.3f})" for m in group[1:]])
+            click.echo(f"group {number} ({len(group)}): {members}")
+    if html_file:
+        from extractor.store import read_meta
+        from index.html import write_groups_page
+        from index.verify import images_root as find_images_root
+
+        root = find_images_root(read_meta(emb_dir).root, images_root)
+        write_groups_page(report.groups, root, html_file, title=f"alexfeat dedup: {emb_dir}")
+        click.echo(f"wrote {html_file}: {len(report.groups)} groups")
     click.echo(report.summary(out))

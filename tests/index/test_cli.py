@@ -183,16 +183,24 @@ def test_dedup_cli_writes_json_or_csv_and_prints_a_summary(tmp_path: Path) -> No
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     paths = paths_for(60)
     write_dataset(tmp_path / "emb", paths, x)
-    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.json", "--no-progress")
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.json", "--no-progress", "--no-verify")
     assert code == 0, output
     assert output.strip().endswith(
-        f"near-duplicate groups: 1 (3 images, 2 redundant) among 60 images at cosine >= 0.95 -> {tmp_path / 'd.json'}"
+        "near-duplicate groups: 1 (3 images, 2 redundant) among 60 images at embedding cosine >= 0.95 (not "
+        f"verified on the images: lookalikes are grouped too) -> {tmp_path / 'd.json'}"
     )
-    assert [m["path"] for m in json.loads((tmp_path / "d.json").read_text())[0]] == sorted(paths[4:7])
-    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.csv", "--threshold", "0.999")
-    assert code == 0 and (tmp_path / "d.csv").read_text() == "group,id,path\n"  # nothing that close
-    code, output = run("dedup", tmp_path / "emb")
-    assert output.startswith(f"group 1 (3): {'  '.join(sorted(paths[4:7]))}\n")
+    group = json.loads((tmp_path / "d.json").read_text())[0]
+    assert [m["path"] for m in group] == sorted(paths[4:7])
+    first = paths.index(group[0]["path"])
+    assert [m["score"] for m in group] == [1.0] + [
+        round(float(x[paths.index(m["path"])] @ x[first]), 4) for m in group[1:]
+    ]
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.csv", "--threshold", "0.999", "--no-verify")
+    assert code == 0 and (tmp_path / "d.csv").read_text() == "group,id,path,score\n"  # nothing that close
+    code, output = run("dedup", tmp_path / "emb", "--no-verify")
+    assert output.startswith(f"group 1 (3): {sorted(paths[4:7])[0]}  {sorted(paths[4:7])[1]} (0.")
+    code, output = run("dedup", tmp_path / "emb")  # verifying needs the images: the recorded root is not here
+    assert code == 1 and "pass --images-root" in output and "--no-verify" in output
     code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.txt")
     assert code == 1 and "name it .json or .csv" in output
 
