@@ -148,11 +148,11 @@ def _print_table(results: list[Any], out: Any) -> None:
         click.echo("", file=out)
 
 
-def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None) -> list[Any]:
+def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None, exclude_self: bool) -> list[Any]:
     from extractor.network.tf_runtime import import_tensorflow
 
     import_tensorflow()
-    found = searcher.search_images(files, k, weights)
+    found = searcher.search_images(files, k, weights, exclude_self)
     for path, kind, message in found.errors:
         click.echo(f"warning: {path}: {kind}: {message}", err=True)
     if not found.results:
@@ -184,6 +184,11 @@ def _query_files(queries_dir: str) -> list[str]:
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
 )
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
+@click.option(
+    "--exclude-self",
+    is_flag=True,
+    help="Leave each query's own item out of its results (an --id/--path item, or an --image file that is indexed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
 @click.option(
@@ -205,34 +210,29 @@ def search(
     paths: tuple[str, ...],
     queries_dir: str | None,
     k: int,
+    exclude_self: bool,
     as_json: bool,
     html_file: str | None,
     weights: str | None,
     images_root: str | None,
 ) -> None:
-    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
-    kinds = [
-        name
-        for name, given in (("--image", images), ("--id", ids), ("--path", paths), ("--queries", queries_dir))
-        if given
-    ]
-    if len(kinds) != 1:
-        raise click.UsageError(
-            "give one kind of query: --image, --id, --path or --queries"
-            + (f" (got {', '.join(kinds)})" if kinds else "")
-        )
+    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths (any mix, answered in that order:
+    ids, paths, images, then the --queries folder)."""
+    if not (images or ids or paths or queries_dir):
+        raise click.UsageError("give at least one query: --image, --id, --path or --queries")
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
     searcher = Searcher(index_dir)
     root = find_images_root(searcher, images_root) if html_file else None
+    results = []
     if ids:
-        results = searcher.search_ids(list(ids), k)
-    elif paths:
-        results = searcher.search_paths(list(paths), k)
-    else:
-        files = list(images) if images else _query_files(queries_dir)
-        results = _image_queries(searcher, files, k, weights)
+        results += searcher.search_ids(list(ids), k, exclude_self)
+    if paths:
+        results += searcher.search_paths(list(paths), k, exclude_self)
+    files = list(images) + (_query_files(queries_dir) if queries_dir else [])
+    if files:
+        results += _image_queries(searcher, files, k, weights, exclude_self)
     if as_json:
         for result in results:
             click.echo(json.dumps(result.as_dict()))

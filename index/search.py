@@ -47,6 +47,10 @@ class QueryResult:
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "results": [hit.as_dict() for hit in self.hits]}
 
+    def first(self, k: int) -> QueryResult:
+        """The same query with its ``k`` nearest hits."""
+        return replace(self, hits=self.hits[:k])
+
 
 @dataclass
 class ImageQueries:
@@ -95,45 +99,79 @@ class Searcher:
             )
         return results
 
-    def _by_ids(self, ids: np.ndarray, k: int) -> list[QueryResult]:
+    def _by_ids(self, ids: np.ndarray, k: int, exclude_self: bool) -> list[QueryResult]:
         vectors = ops.reconstruct(self.dir.index, ids)
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
         found = self.search_vectors(vectors, k + TIE_SLACK)  # room for the item among exact duplicates
         return [
-            QueryResult({"id": int(i), "path": lookup.paths[p]}, _self_first(hits, i)[:k])
+            QueryResult(
+                {"id": int(i), "path": lookup.paths[p]}, _without(hits, i) if exclude_self else _self_first(hits, i)
+            ).first(k)
             for i, p, hits in zip(ids.tolist(), pos.tolist(), found)
         ]
 
-    def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
+    def search_ids(self, ids: Sequence[int], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
+        """Neighbours of indexed items given by id: the item itself comes first (score ≈ 1), or with
+        ``exclude_self`` is left out."""
         wanted = np.asarray([int(i) for i in ids], dtype=np.int64)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
-        return self._by_ids(wanted, k)
+        return self._by_ids(wanted, k, exclude_self)
 
-    def search_paths(self, paths: Sequence[str], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by their path relative to the embedded folder."""
+    def search_paths(self, paths: Sequence[str], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
+        """Neighbours of indexed items given by their path relative to the embedded folder (``exclude_self``: as
+        :meth:`search_ids`)."""
         resolve_targets(self.dir, paths=paths)
         by_path = self.dir.lookup.path_to_id()
-        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k)
+        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, exclude_self)
 
     def search_images(
-        self, files: Sequence[str | os.PathLike[str]], k: int = 10, weights: str | None = None
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        k: int = 10,
+        weights: str | None = None,
+        exclude_self: bool = False,
     ) -> ImageQueries:
         """Neighbours of image files, embedded with the model recorded in the index (``weights`` overrides the
         recorded source; a file with another sha256 is refused). Files that cannot be decoded are reported in
-        ``errors`` and skipped."""
+        ``errors`` and skipped. With ``exclude_self``, a query file that is itself indexed (the same file under the
+        recorded root) is left out of its own results."""
         from extractor.images.discover import stored_name
         from extractor.network.features import FeatureExtractor
 
         extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
         names = [str(f) for f in files]
         vectors, ok, errors = extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k) if len(ok) else []
+        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0)) if len(ok) else []
+        own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
         results = [
-            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)
+            QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
+            for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
         return ImageQueries(results, list(errors))
+
+    def _indexed_ids(self, files: Sequence[str]) -> list[int | None]:
+        """The id of each file if it is an indexed item (under the recorded root), else None."""
+        from extractor.images.discover import stored_name
+
+        root = Path(self.dir.info["embedding_metadata"]["root"]).resolve()
+        by_path = self.dir.lookup.path_to_id()
+        found: list[int | None] = []
+        for name in files:
+            try:
+                rel = Path(name).resolve().relative_to(root)
+            except ValueError:
+                found.append(None)
+                continue
+            found.append(by_path.get(stored_name(rel.as_posix())))
+        return found
+
+
+def _without(hits: list[Hit], item_id: int | None) -> list[Hit]:
+    """``hits`` without the item ``item_id`` (ranks renumbered)."""
+    if item_id is None:
+        return hits
+    return [replace(h, rank=rank) for rank, h in enumerate((h for h in hits if h.id != item_id), 1)]
 
 
 def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from extractor.cli import main
-from extractor.store import load_dataset
+from extractor.store import load_dataset, path_id
 from tests.imagefiles import make_photo, raw_name
 from tests.index_data import clustered, make_meta, paths_for, write_dataset
 
@@ -130,8 +130,7 @@ def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Pa
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        ([], 2, "give one kind of query"),
-        (["--id", "1", "--path", "x.jpg"], 2, "got --id, --path"),
+        ([], 2, "give at least one query"),
         (["--id", "12345"], 1, "Error: id 12345 not in the index"),
         (["--path", "cat/none.jpg"], 1, "Error: path 'cat/none.jpg' not in the index"),
         (["--id", "1", "-k", "0"], 2, "0 is not in the range"),
@@ -232,6 +231,31 @@ def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Pat
     assert result["results"][0]["path"] == paths[3]
     assert result["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 4
+
+
+def test_exclude_self_and_query_kinds_mixed_in_one_call(embedded: tuple[Path, Path, list[str]]) -> None:
+    images, index_dir, paths = embedded
+    outside = images.parent / "outside.jpg"  # a query file that is not in the index: nothing of it to leave out
+    make_photo(outside, (96, 72), seed=3)
+    args = ["--path", paths[1], "--image", images / paths[3], "--image", outside, "-k", "2", "--json"]
+    code, output = run("search", index_dir, *args)
+    assert code == 0, output
+    kept = [json.loads(line) for line in output.splitlines()]
+    assert [r["query"] for r in kept] == [
+        {"id": path_id(paths[1]), "path": paths[1]},
+        {"image": str(images / paths[3])},
+        {"image": str(outside)},
+    ]
+    assert [r["results"][0]["path"] for r in kept] == [paths[1], paths[3], paths[3]]
+    code, output = run("search", index_dir, *args, "--exclude-self")
+    assert code == 0, output
+    dropped = [json.loads(line) for line in output.splitlines()]
+    for before, after, own in zip(kept, dropped, (paths[1], paths[3], None)):
+        assert own not in [hit["path"] for hit in after["results"]] and len(after["results"]) == 2
+        assert [hit["rank"] for hit in after["results"]] == [1, 2]
+        if own is not None:
+            assert after["results"][0] == {**before["results"][1], "rank": 1}
+    assert dropped[2] == kept[2]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")
