@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
+_ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -65,11 +66,11 @@ def build(
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
     click.echo(
-        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
-        f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
-        f"built in {info['build_seconds']:.1f} s"
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
+        f"built in {built.build_seconds:.1f} s"
     )
 
 
@@ -88,27 +89,9 @@ def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     click.echo(add_to_index(index_dir, emb_dir, progress).line(index_dir))
 
 
-def _read_targets(path: str) -> tuple[list[int], list[str]]:
-    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
-    ids, paths = [], []
-    try:
-        lines = Path(path).read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlexfeatError(f"cannot read {path} ({exc})") from None
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if entry.isdigit():
-            ids.append(int(entry))
-        else:
-            paths.append(entry)
-    return ids, paths
-
-
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Id to remove (repeatable).")
 @click.option(
     "--path",
     "paths",
@@ -128,45 +111,23 @@ def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_fi
 
     if not (ids or paths or from_file):
         raise click.UsageError("name what to remove with --id, --path or --from-file")
-    more_ids, more_paths = _read_targets(from_file) if from_file else ([], [])
-    click.echo(remove_from_index(index_dir, list(ids) + more_ids, list(paths) + more_paths).line(index_dir))
+    click.echo(remove_from_index(index_dir, ids, paths, from_file).line(index_dir))
 
 
 # ---------------------------------------------------------------------------------------------------- search
 
 
 def _print_table(results: list[Any], out: Any) -> None:
+    """The results as a plain-text table; names escaped so that each hit is one line (``text_cell``)."""
     for result in results:
         query = result.query
         title = f"image {query['image']}" if "image" in query else f"id {query['id']}  {query['path']}"
-        click.echo(f"query: {title}", file=out)
+        click.echo(f"query: {text_cell(title)}", file=out)
         click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
         for hit in result.hits:
-            click.echo(
-                f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
-            )
+            label = text_cell(hit.label or "-")
+            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {label:<16}  {text_cell(hit.path)}", file=out)
         click.echo("", file=out)
-
-
-def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None, exclude_self: bool) -> list[Any]:
-    from extractor.network.tf_runtime import import_tensorflow
-
-    import_tensorflow()
-    found = searcher.search_images(files, k, weights, exclude_self)
-    for path, kind, message in found.errors:
-        click.echo(f"warning: {path}: {kind}: {message}", err=True)
-    if not found.results:
-        raise AlexfeatError(f"none of the {len(files)} query images could be read")
-    return found.results
-
-
-def _query_files(queries_dir: str) -> list[str]:
-    from extractor.images.discover import discover
-
-    files = [entry.abs_path for entry in discover(queries_dir)]
-    if not files:
-        raise AlexfeatError(f"{queries_dir} holds no image files")
-    return files
 
 
 @click.command()
@@ -178,7 +139,7 @@ def _query_files(queries_dir: str) -> list[str]:
     type=click.Path(dir_okay=False, exists=True),
     help="Query image file (repeatable); embedded with the model recorded in the index.",
 )
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Query by an indexed id (repeatable).")
 @click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
 @click.option(
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
@@ -223,22 +184,20 @@ def search(
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
-    searcher = Searcher(index_dir)
-    root = find_images_root(searcher, images_root) if html_file else None
-    results = []
-    if ids:
-        results += searcher.search_ids(list(ids), k, exclude_self)
-    if paths:
-        results += searcher.search_paths(list(paths), k, exclude_self)
-    files = list(images) + (_query_files(queries_dir) if queries_dir else [])
-    if files:
-        results += _image_queries(searcher, files, k, weights, exclude_self)
+    searcher = Searcher(index_dir, weights)
+    root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
+    found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
+    for path, kind, message in found.errors:
+        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+    results = found.results
+    if not results:
+        raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
     if as_json:
         for result in results:
             click.echo(json.dumps(result.as_dict()))
     else:
         _print_table(results, sys.stdout)
-    if html_file:
+    if html_file and root is not None:
         from index.html import write_page
 
         write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
@@ -291,19 +250,14 @@ def dedup(
 ) -> None:
     """Find groups of near-duplicate images (copies: crops, resizes, re-encodes, brightness changes) in the
     embeddings dataset EMB_DIR, largest first."""
-    from index.dedup import dedup_dataset, output_format, write_report
+    from index.dedup import dedup_dataset, group_lines
 
-    if out is not None:
-        output_format(out)  # a bad extension fails before the search
-    report = dedup_dataset(emb_dir, threshold, progress, verify=verify, images_root=images_root)
+    report = dedup_dataset(emb_dir, threshold, progress, out, verify=verify, images_root=images_root)
     for path, why in sorted(report.unreadable.items()):
-        click.echo(f"warning: cannot verify {path}: {why}", err=True)
-    if out is not None:
-        write_report(report, out)
-    else:
-        for number, group in enumerate(report.groups, 1):
-            members = "  ".join([group[0].path] + [f"{m.path} ({m.score:.3f})" for m in group[1:]])
-            click.echo(f"group {number} ({len(group)}): {members}")
+        click.echo(f"warning: cannot verify {text_cell(path)}: {text_cell(why)}", err=True)
+    if out is None:
+        for line in group_lines(report):
+            click.echo(line)
     if html_file:
         from extractor.store import read_meta
         from index.html import write_groups_page

@@ -15,8 +15,6 @@ not needed, but lookalikes are grouped too).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from extractor.errors import AlexfeatError
 from extractor.store import load_dataset
 from extractor.util.atomic import write_text_atomic
 from extractor.util.progress import Progress
+from extractor.util.textsafe import csv_text, text_cell
 from index.factory import EXACT_MAX, ivf_nlist, training_size
 
 BATCH = 4_096
@@ -98,6 +97,7 @@ class _UnionFind:
 
 def _range_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
     n, dim = vectors.shape
+    index: faiss.Index
     if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
     else:
@@ -187,12 +187,14 @@ def dedup_dataset(
     emb_dir: str | os.PathLike[str],
     threshold: float | None = None,
     progress: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
     *,
     verify: bool = True,
     images_root: str | os.PathLike[str] | None = None,
     candidate_cosine: float = CANDIDATE_COSINE,
 ) -> DedupReport:
-    """Near-duplicate groups of an embeddings dataset.
+    """Near-duplicate groups of an embeddings dataset; also written to ``out`` (.json or .csv, see
+    :func:`write_report`) when given.
 
     With ``verify`` (the default) candidate pairs from the embeddings are checked on the images (found under the
     root recorded in the dataset, or ``images_root``): pairs scoring ``threshold`` (default ``DEFAULT_THRESHOLD``)
@@ -202,12 +204,13 @@ def dedup_dataset(
     from index.verify import PairVerifier
     from index.verify import images_root as find_images_root
 
+    if out is not None:
+        output_format(out)  # a bad extension fails before the search
     if threshold is None:
         threshold = DEFAULT_THRESHOLD if verify else UNVERIFIED_THRESHOLD
     _check_threshold(threshold)
     dataset = load_dataset(emb_dir, columns=("id", "path"))
-    assert dataset.paths is not None and dataset.vectors is not None
-    paths, vectors = dataset.paths, dataset.vectors
+    paths, vectors = dataset.get_paths(), dataset.get_vectors()
     verifier = None
     candidates = 0
     if verify:
@@ -236,7 +239,20 @@ def dedup_dataset(
         )
     groups.sort(key=lambda g: (-len(g), g[0].path))
     unreadable = dict(verifier.unreadable) if verifier is not None else {}
-    return DedupReport(groups, len(paths), threshold, verify, candidates, unreadable)
+    report = DedupReport(groups, len(paths), threshold, verify, candidates, unreadable)
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def group_lines(report: DedupReport) -> list[str]:
+    """One line per group for a terminal: ``group N (SIZE): FIRST  PATH (SCORE) ...``, each member after the
+    first with its score to it; names escaped (``text_cell``)."""
+    return [
+        f"group {number} ({len(group)}): "
+        + "  ".join([text_cell(group[0].path)] + [f"{text_cell(m.path)} ({m.score:.3f})" for m in group[1:]])
+        for number, group in enumerate(report.groups, 1)
+    ]
 
 
 def output_format(out: str | os.PathLike[str]) -> str:
@@ -254,11 +270,10 @@ def write_report(report: DedupReport, out: str | os.PathLike[str]) -> None:
     if output_format(out) == "json":
         text = json.dumps([[m._asdict() for m in group] for group in report.groups], indent=1) + "\n"
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["group", "id", "path", "score"])
-        writer.writerows([g, m.id, m.path, m.score] for g, group in enumerate(report.groups, 1) for m in group)
-        text = buffer.getvalue()
+        text = csv_text(
+            ["group", "id", "path", "score"],
+            ([g, m.id, m.path, m.score] for g, group in enumerate(report.groups, 1) for m in group),
+        )
     try:
         write_text_atomic(out, text)
     except OSError as exc:

@@ -153,11 +153,16 @@ def _pairs_by(positions: np.ndarray, count: int) -> list[np.ndarray]:
     return [order[bounds[k] : bounds[k + 1]] for k in range(count)]
 
 
-def images_root(recorded: str, override: str | os.PathLike[str] | None = None) -> Path:
+def images_root(recorded: str | None, override: str | os.PathLike[str] | None = None) -> Path:
     """Where a dataset's images are: ``override`` or the ``recorded`` root; AlexfeatError naming the way out."""
     from extractor.errors import AlexfeatError
 
-    root = Path(override) if override is not None else Path(recorded)
+    if override is None and recorded is None:
+        raise AlexfeatError(
+            "the embeddings record no images folder (written from Python without one): pass --images-root with the "
+            "folder that was embedded (dedup without the images: --no-verify)"
+        )
+    root = Path(override) if override is not None else Path(str(recorded))
     if not root.is_dir():
         source = "given with --images-root" if override is not None else "recorded in the embeddings"
         raise AlexfeatError(

@@ -6,6 +6,8 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 
 
@@ -28,29 +30,33 @@ from extractor.parallel.stream import usable_cpus
 )
 @click.option(
     "--arch",
-    type=click.Choice(["caffe", "torchvision"]),
+    type=click.Choice(ARCHS),
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
 @click.option(
     "--layer",
-    type=click.Choice(["pool5", "fc6", "fc7"]),
+    type=click.Choice(LAYERS),
     default=None,
-    help="Default: pool5 (on a rerun: the dataset's).",
+    help=f"Default: {LAYERS[0]} (on a rerun: the dataset's own).",
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["avg", "max", "gem", "flatten"]),
+    type=click.Choice(list(POOLINGS)),
     default=None,
-    help="Global pooling of pool5: gem (generalised mean, p=3; best measured; the default), avg, max, or flatten "
-    "(the 9216-d maps).",
+    help="Global pooling of pool5 (ignored with fc6/fc7; default "
+    + DEFAULT_POOLING
+    + ", on a rerun the dataset's own): "
+    + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
+    + ".",
 )
 @click.option(
     "--resize",
     default=None,
     metavar="POLICY",
-    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
-    "policy (caffe: squash256-center227, torchvision: shorter256-center224).",
+    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
+    + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
+    + ").",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -84,6 +90,13 @@ from extractor.parallel.stream import usable_cpus
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option(
+    "--follow-outside/--no-follow-outside",
+    default=True,
+    show_default=True,
+    help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
+    "loops never are).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(
     images_dir: str,
@@ -101,6 +114,7 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    follow_outside: bool,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -108,17 +122,16 @@ def embed(
     Reruns embed only new and changed files, with the model the dataset recorded (no options needed). Files that
     cannot be embedded are recorded (list them with `alexfeat errors OUT_DIR`) and never stop the job.
     """
-    from extractor.images.discover import discover
+    from extractor.embed.job import embed_folder
 
-    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    from extractor.embed.job import EmbedJob
-    from extractor.embed.settings import extractor_for
-
-    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=overwrite)
-    job = EmbedJob(
+    summary = embed_folder(
         images_dir,
         out_dir,
-        extractor,
+        weights,
+        arch,
+        layer,
+        pooling,
+        resize,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -127,12 +140,13 @@ def embed(
         prune=prune,
         retry_errors=retry_errors,
         overwrite=overwrite,
+        follow_outside=follow_outside,
         progress=progress,
     )
-    summary = job.run()
-    spec = extractor.spec
+    meta = summary.meta
+    assert meta is not None
     if summary.changed:
-        click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
     for line in summary.lines(out_dir):
         click.echo(line)
 

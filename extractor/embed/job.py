@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from extractor import __version__
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS, decode_stream
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
+from extractor.embed.settings import extractor_for
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import FileEntry, discover, label_of
 from extractor.images.file_decoder import Decoded, Failed, FileDecoder
@@ -38,7 +40,6 @@ from extractor.store import (
     EmbeddingMeta,
     ErrorRecord,
     open_for_writing,
-    path_ids,
     read_errors,
 )
 from extractor.util.progress import Progress
@@ -60,6 +61,7 @@ class EmbedSummary:
     discovered: int = 0
     wall_seconds: float = 0.0
     stages: Phases = field(default_factory=lambda: Phases("embed", STAGES, level=logging.DEBUG))
+    meta: EmbeddingMeta | None = None  # the dataset's model settings (arch, layer, pooling, dim, ...)
 
     @property
     def images_per_second(self) -> float:
@@ -101,23 +103,26 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
+    follow_outside: bool = True  # follow symbolic links whose target is outside images_dir
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
 
     def metadata(self) -> EmbeddingMeta:
-        return EmbeddingMeta(
-            **self.extractor.spec.as_dict(), root=os.path.abspath(self.images_dir), package_version=__version__
-        )
+        """The extractor's settings with the images root: what the dataset records."""
+        return dataclasses.replace(self.extractor.spec, root=os.path.abspath(self.images_dir))
 
     def run(self) -> EmbedSummary:
-        summary = EmbedSummary()
+        meta = self.metadata()
+        summary = EmbedSummary(meta=meta)
         start = time.perf_counter()
         timer = summary.stages
-        with open_for_writing(
-            self.out_dir, self.metadata(), overwrite=self.overwrite, rows_per_part=self.rows_per_part
-        ) as writer:
+        with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
             unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
-                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
+                entries = list(
+                    discover(
+                        self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc)), self.follow_outside
+                    )
+                )
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -191,7 +196,7 @@ class EmbedJob:
                 with timer("infer"):
                     vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
                 with timer("write"):
-                    if good:
+                    if vectors is not None:
                         writer.add(_rows(good, vectors))
                     if bad:
                         writer.add_errors(
@@ -200,6 +205,32 @@ class EmbedJob:
                 summary.embedded += len(good)
                 summary.errors += len(bad)
                 progress.update(len(batch), errors=summary.errors)
+
+
+def embed_folder(
+    images_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    weights: str | None = None,
+    arch: str | None = None,
+    layer: str | None = None,
+    pooling: str | None = None,
+    resize: str | None = None,
+    **options: Any,
+) -> EmbedSummary:
+    """Embed every image under ``images_dir`` into the dataset ``out_dir`` (created; a rerun embeds only new and
+    changed files), as ``alexfeat embed`` does.
+
+    ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
+    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them (default: pool5 and
+    GeM). Into an existing dataset, what is left out is taken from its metadata (a rerun needs no model options)
+    and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`). ``options``: the
+    fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
+    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
+    starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
+    """
+    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
+    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=options.get("overwrite", False))
+    return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 
 
 STARTUP_BUFFER_BYTES = 512 * 2**20
@@ -229,9 +260,9 @@ def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
 
 
 def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
+    """The rows of a batch; the writer derives each ``id`` from its path."""
     paths = [r.entry.path for r in decoded]
     return {
-        "id": path_ids(paths),
         "path": paths,
         "label": [label_of(p) for p in paths],
         "sha256": np.frombuffer(b"".join(r.sha256 for r in decoded), np.uint8).reshape(-1, 32),

@@ -12,12 +12,13 @@ import os
 
 from extractor.errors import DatasetError, WeightsError
 from extractor.images.decode import ResizeSpec
+from extractor.network.archs import LAYERS
 from extractor.network.features import FeatureExtractor
+from extractor.network.poolings import DEFAULT_POOLING
 from extractor.network.weights import ENV_VAR, default_source, resolve_weights
 from extractor.store import EmbeddingMeta, list_parts, read_meta
 
-DEFAULT_LAYER = "pool5"
-DEFAULT_POOLING = "gem"
+DEFAULT_LAYER = LAYERS[0]
 
 
 def extractor_for(

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from extractor.errors import DatasetError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import (
     COLUMNS,
     COMPRESSION,
@@ -28,11 +29,13 @@ from extractor.store.layout import (
     errors_file_table,
     list_parts,
     part_name,
+    part_number,
 )
-from extractor.store.lock import DirectoryLock
-from extractor.store.meta import EmbeddingMeta, path_id, path_ids
+from extractor.store.lock import dataset_lock
+from extractor.store.meta import path_id, path_ids
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import errors_layout_is_current, read_errors, read_meta
+from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class DatasetWriter:
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
         _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
-        self._lock: DirectoryLock | None = DirectoryLock(self.out_dir)
+        self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
         except BaseException:
@@ -137,7 +140,9 @@ class DatasetWriter:
             for path in parts:
                 self._part_ids[path.name] = read_parquet(path, ["id"]).column("id").to_numpy()
             self._known = np.unique(np.concatenate(list(self._part_ids.values())))
-            self._next_part = int(PART_RE.match(parts[-1].name).group(1)) + 1
+            last = part_number(parts[-1].name)
+            assert last is not None  # list_parts lists part names only
+            self._next_part = last + 1
         else:
             self._next_part = 0
         errors = read_errors(self.out_dir).to_pylist()
@@ -148,7 +153,8 @@ class DatasetWriter:
     # -- public API
 
     def add(self, rows: pa.Table | Mapping[str, Any]) -> None:
-        """Append rows: a Table or a dict of the schema's columns (``id`` optional: it is derived from ``path``).
+        """Append rows: a Table or a dict of the schema's columns. ``id`` is derived from ``path`` here (the one
+        place paths are hashed); a given ``id`` column is checked against it.
 
         ``embedding`` may be an (n, dim) float32 matrix, ``sha256`` a list of 32-byte digests or an (n, 32) uint8
         array. An id already in the dataset is refused: drop the old row first (``drop_ids``).

@@ -18,7 +18,8 @@ from PIL import Image
 from extractor.cli import main
 from extractor.store import load_dataset, path_id
 from tests.imagefiles import make_photo, raw_name
-from tests.index_data import clustered, make_meta, paths_for, write_dataset
+from tests.index_data import DIM, clustered, paths_for, write_dataset
+from tests.storedata import make_meta
 
 N = 120
 
@@ -37,7 +38,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     for i, rel in enumerate(paths):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40, 30), (i * 2 % 256, 100, 200 - i)).save(root / rel)
-    write_dataset(base / "emb", paths, clustered(N), meta=make_meta(root=root.resolve()))
+    write_dataset(base / "emb", paths, clustered(N), meta=make_meta(DIM, root=root.resolve()))
     code, output = run("index", "build", base / "emb", "-o", base / "idx", "--no-progress")
     assert code == 0, output
     return root, base / "emb", base / "idx"
@@ -127,6 +128,22 @@ def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Pa
     assert page.read_text().count('class="missing"') == 2  # the query and its own first hit
 
 
+def test_search_html_of_embeddings_written_without_a_root_needs_images_root(
+    collection: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A dataset written from Python with an extractor's settings alone (``root`` None) records no images folder."""
+    root, emb, _ = collection
+    data = load_dataset(emb)
+    write_dataset(tmp_path / "emb", data.paths, data.vectors, meta=make_meta(DIM, root=None))
+    assert run("index", "build", tmp_path / "emb", "-o", tmp_path / "idx", "--no-progress")[0] == 0
+    page = tmp_path / "results.html"
+    code, output = run("search", tmp_path / "idx", "--id", data.ids[1], "--html", page)
+    assert code == 1 and "Error: the index records no images folder" in output and "--images-root" in output
+    code, output = run("search", tmp_path / "idx", "--id", data.ids[1], "--html", page, "--images-root", root)
+    assert code == 0, output
+    assert 'class="missing"' not in page.read_text()
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [
@@ -145,7 +162,7 @@ def test_search_on_a_truncated_index_is_an_error_not_a_traceback(
     collection: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     broken = tmp_path / "idx"
-    shutil.copytree(collection[2], broken)
+    shutil.copytree(collection[2], broken, symlinks=True)
     data = (broken / "index.faiss").read_bytes()
     (broken / "index.faiss").write_bytes(data[:100])
     code, output = run("search", broken, "--id", "1")
@@ -158,7 +175,7 @@ def test_add_and_remove_through_the_cli(collection: tuple[Path, Path, Path], tmp
     shutil.copytree(emb, emb2)
     shutil.copytree(index_dir, idx2)
     new_paths = paths_for(10, start=N)
-    write_dataset(emb2, new_paths, clustered(10, seed=4), meta=make_meta(root=load_dataset(emb).meta.root))
+    write_dataset(emb2, new_paths, clustered(10, seed=4), meta=make_meta(DIM, root=load_dataset(emb).meta.root))
     code, output = run("index", "add", idx2, emb2, "--no-progress")
     assert code == 0 and f"10 added, 0 replaced, 0 removed, {N} unchanged; {N + 10} vectors" in output
     data = load_dataset(emb2, embeddings=False)
