@@ -236,7 +236,10 @@ def read_errors(directory: str | os.PathLike[str]) -> pa.Table:
     path = directory / ERRORS_NAME
     if not path.exists():
         return ERRORS_SCHEMA.empty_table()
-    records = errors_from_metadata(read_schema(path))
+    try:
+        records = errors_from_metadata(read_schema(path))
+    except (ValueError, TypeError, pa.ArrowException) as exc:  # JSON or records that do not fit the schema
+        raise corrupt_error(path, f"holds unreadable error records ({exc})") from exc
     if records is not None:
         return records
     table = read_parquet(path)  # the layout before: the records as rows

@@ -225,6 +225,18 @@ def test_a_failed_download_is_the_only_thing_printed(tmp_path):
     assert "absl" not in done.stderr + done.stdout and "I0000" not in done.stderr + done.stdout
 
 
+def test_errors_of_a_missing_or_clean_dataset(tmp_path):
+    missing = CliRunner().invoke(main, ["errors", str(tmp_path / "nope")])
+    assert (
+        missing.exit_code == 1
+        and "Error: embeddings directory" in missing.output
+        and "does not exist" in missing.output
+    )
+    (tmp_path / "emb").mkdir()
+    clean = CliRunner().invoke(main, ["errors", str(tmp_path / "emb"), "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.stdout) == []
+
+
 def test_second_job_on_the_same_output_is_refused(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 1)

@@ -272,6 +272,14 @@ def test_the_layout_before_is_read_and_moved_by_the_next_write(tmp_path: Path) -
     assert sorted(pq.read_table(out).column("path").to_pylist()) == sorted(PATHS[:3])
 
 
+def test_damaged_error_records_are_a_clear_error(dataset_with_errors: Path) -> None:
+    path = dataset_with_errors / ERRORS_NAME
+    schema = pq.read_schema(path)
+    pq.write_table(schema.with_metadata({**schema.metadata, b"alexfeat_errors": b"[{not json"}).empty_table(), path)
+    with pytest.raises(DatasetError, match="holds unreadable error records.*Delete it"):
+        read_errors(dataset_with_errors)
+
+
 def test_an_older_job_holding_the_old_lock_file_is_respected(tmp_path: Path) -> None:
     out = tmp_path / "emb"
     out.mkdir()
