@@ -159,11 +159,12 @@ def errors(emb_dir: str, as_json: bool) -> None:
     import json
 
     from extractor.store import read_errors
+    from extractor.util.textsafe import text_cell
 
     records = read_errors(emb_dir).to_pylist()
     if as_json:
         click.echo(json.dumps(records, indent=1, ensure_ascii=False))
         return
-    for record in records:
-        click.echo(f"{record['path']}\t{record['error']}\t{record['message']}")
+    for record in records:  # one line each: control characters in names escaped (JSON keeps them exact)
+        click.echo(f"{text_cell(record['path'])}\t{record['error']}\t{text_cell(record['message'])}")
     click.echo(f"{len(records)} file(s) could not be embedded" if records else "no errors recorded", err=True)
