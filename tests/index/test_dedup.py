@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance
 
 from extractor.cli import main
 from extractor.errors import AlexfeatError
-from index.dedup import DEFAULT_THRESHOLD, dedup_dataset, duplicate_groups, write_report
+from index.dedup import DEFAULT_THRESHOLD, candidate_pairs, dedup_dataset, duplicate_groups, write_report
 from index.verify import PairVerifier
 from tests.index_data import DIM, clustered, paths_for, write_dataset
 
@@ -37,6 +37,17 @@ def test_planted_groups_are_found_largest_first(exact_max: int) -> None:
     found = duplicate_groups(x, 0.95, exact_max=exact_max)
     assert [sorted(g.tolist()) for g in found[:2]] == [groups[0], groups[1]]
     assert sorted(sorted(g.tolist()) for g in found) == sorted(groups)
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 100])  # exact search; inverted file
+def test_candidate_pairs_are_each_planted_pair_once(exact_max: int) -> None:
+    x, groups = planted()
+    a, b, cosine = candidate_pairs(x, min_cosine=0.95, exact_max=exact_max)
+    planted_pairs = {(i, j) for g in groups for i in g for j in g if i < j}
+    assert set(zip(a.tolist(), b.tolist())) == planted_pairs and len(a) == len(planted_pairs)
+    np.testing.assert_allclose(cosine, np.einsum("ij,ij->i", x[a], x[b]), atol=1e-5)
+    few = candidate_pairs(x, min_cosine=0.95, neighbours=1, exact_max=exact_max)  # the nearest one only
+    assert len(few[0]) < len(a) and set(zip(few[0].tolist(), few[1].tolist())) <= planted_pairs
 
 
 def test_a_chain_of_near_duplicates_is_one_group() -> None:
