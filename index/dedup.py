@@ -115,7 +115,7 @@ def _check_threshold(threshold: float) -> None:
         raise AlexfeatError(f"--threshold must be a similarity in (0, 1], got {threshold}")
 
 
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+def linked_groups(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
     """Row numbers of each connected component of the edges (a[i], b[i]) with two or more members, largest first."""
     sets = _UnionFind(n)
     for i, j in zip(a.tolist(), b.tolist()):
@@ -148,7 +148,7 @@ def duplicate_groups(
             edges_a.append(rows[rows < found])
             edges_b.append(found[rows < found])
             bar.update(len(lims) - 1)
-    return _components(n, np.concatenate(edges_a), np.concatenate(edges_b))
+    return linked_groups(n, np.concatenate(edges_a), np.concatenate(edges_b))
 
 
 def candidate_pairs(
@@ -219,7 +219,7 @@ def dedup_dataset(
         candidates = len(a)
         scores = verifier.scores(a, b, progress)
         linked = scores >= threshold  # NaN (an unreadable image) is never linked
-        rows = _components(len(paths), a[linked], b[linked])
+        rows = linked_groups(len(paths), a[linked], b[linked])
     else:
         rows = duplicate_groups(vectors, threshold, progress=progress)
     groups = []

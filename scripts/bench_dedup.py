@@ -35,7 +35,7 @@ from extractor.store import load_dataset  # noqa: E402
 from index.dedup import (  # noqa: E402
     CANDIDATE_COSINE,
     DEFAULT_THRESHOLD,
-    _components,
+    linked_groups,
     candidate_pairs,
     dedup_dataset,
     duplicate_groups,
@@ -157,7 +157,7 @@ def main() -> None:
     print("threshold  precision  recall")
     for threshold in (0.93, 0.94, 0.945, 0.95, 0.955, 0.96, 0.97):
         linked = scores >= threshold
-        precision, recall, _, _ = pair_scores(_components(len(fams), a[linked], b[linked]), fams, scored)
+        precision, recall, _, _ = pair_scores(linked_groups(len(fams), a[linked], b[linked]), fams, scored)
         print(f"{threshold:9.3f}  {precision:9.3f}  {recall:6.3f}")
 
 
