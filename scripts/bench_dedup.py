@@ -35,10 +35,10 @@ from extractor.store import load_dataset  # noqa: E402
 from index.dedup import (  # noqa: E402
     CANDIDATE_COSINE,
     DEFAULT_THRESHOLD,
-    linked_groups,
     candidate_pairs,
     dedup_dataset,
     duplicate_groups,
+    linked_groups,
 )
 from index.verify import PairVerifier  # noqa: E402
 
