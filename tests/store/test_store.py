@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,17 +110,14 @@ def test_meta_from_a_newer_format_or_with_missing_fields_is_refused(tmp_path: Pa
             load_dataset(tmp_path / "emb")
 
 
-def test_a_field_added_later_is_one_line_with_a_default_for_older_files() -> None:
-    @dataclass(frozen=True)
-    class WithPrecision(EmbeddingMeta):
-        precision: str = "float32"
-
+def test_a_field_added_later_has_a_default_for_older_files_precision_is_one_and_is_not_compared() -> None:
     old = format1_record(make_meta())
-    meta = WithPrecision.from_dict(old)
-    assert meta.precision == "float32" and EmbeddingMeta.from_dict(old) == make_meta(package_version="0.1.0")
-    assert "precision" in WithPrecision.compat_fields() and "precision" not in COMPAT_FIELDS
-    assert meta.differences(replace(meta, precision="float16")) == ["precision: float32 != float16"]
-    assert WithPrecision.from_dict(replace(meta, precision="float16").to_dict()).precision == "float16"
+    assert "precision" not in old  # written before the field existed
+    meta = EmbeddingMeta.from_dict(old)
+    assert meta.precision == "float32" and meta == make_meta(package_version="0.1.0")
+    assert "precision" not in COMPAT_FIELDS  # float32 and bfloat16 vectors agree to cosine >= 0.9999
+    assert meta.differences(replace(meta, precision="bfloat16")) == []
+    assert EmbeddingMeta.from_dict(replace(meta, precision="bfloat16").to_dict()).precision == "bfloat16"
 
 
 def test_a_dataset_written_by_format_1_loads_and_takes_new_rows(tmp_path: Path) -> None:
@@ -190,9 +187,11 @@ def test_every_part_carries_the_metadata_as_json(tmp_path: Path) -> None:
             "input_size",
             "resize",
             "dim",
+            "precision",
             "root",
             "package_version",
         }
+        assert meta["precision"] == "float32"
     assert read_meta(out) == make_meta()
 
 
