@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
@@ -36,7 +37,7 @@ def index_group() -> None:
 
 @index_group.command()
 @click.argument("emb_dir", type=_DIR)
-@click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
+@output_dir_option("Index directory (created).")
 @click.option(
     "--factory",
     default="auto",
@@ -59,7 +60,7 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def build(
     emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
 ) -> None:
@@ -81,7 +82,7 @@ def _params(params: dict[str, int]) -> str:
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
 @click.argument("emb_dir", type=_DIR)
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     """Add EMB_DIR's new rows to INDEX_DIR and replace rows whose image changed (sha256)."""
     from index.update import add_to_index
@@ -147,12 +148,7 @@ def _print_table(results: list[Any], out: Any) -> None:
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="Weights file for image queries when the recorded source is not on this machine.",
-)
+@recorded_weights_option
 @click.option(
     "--images-root",
     default=None,
@@ -189,7 +185,7 @@ def search(
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k)
     for path, kind, message in found.errors:
-        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+        warn(f"{text_cell(path)}: {kind}: {text_cell(message)}")
     results = found.results
     if not results:
         raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
@@ -224,7 +220,7 @@ def search(
     type=click.Path(dir_okay=False),
     help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
     from index.dedup import dedup_dataset, group_lines
