@@ -32,8 +32,9 @@ from extractor.store.layout import (
 )
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import path_id, path_ids
-from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
+from extractor.store.parquet_io import read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
+from extractor.util.atomic import fsync_path
 from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class DatasetWriter:
             self._part_ids[name] = table.column("id").to_numpy()
         else:
             path.unlink()
-            fsync_dir(self.out_dir)
+            fsync_path(self.out_dir)
             del self._part_ids[name]
 
     def _set_errors(self, records: Iterable[ErrorRecord]) -> None:
@@ -364,7 +365,7 @@ class DatasetWriter:
             write_parquet_atomic(table, target, self.compression)
         elif target.exists():
             target.unlink()
-            fsync_dir(self.out_dir)
+            fsync_path(self.out_dir)
         self._errors_dirty = False
 
 
