@@ -12,7 +12,7 @@ import click
 from extractor.heads.api import export_model, finetune_dir, predict_dataset, predict_files, train_head_dir
 from extractor.heads.export import EXPORT_FORMATS
 from extractor.heads.predict import PredictError, Prediction
-from extractor.heads.train import HEAD_KINDS
+from extractor.heads.train import DROPOUT, HEAD_KINDS, HIDDEN_UNITS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.parallel.stream import usable_cpus
 from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
@@ -36,7 +36,7 @@ from extractor.util.textsafe import text_cell
     type=click.Choice(HEAD_KINDS),
     default="mlp",
     show_default=True,
-    help="mlp: Dense(1024, relu) → Dropout → softmax; linear: softmax regression.",
+    help=f"mlp: Dense({HIDDEN_UNITS}, relu) → Dropout({DROPOUT}) → softmax; linear: softmax regression.",
 )
 @click.option(
     "--val-fraction",

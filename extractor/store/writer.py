@@ -115,7 +115,7 @@ class DatasetWriter:
             raise DatasetError(
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
-        _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
+        _refuse_foreign(self.out_dir)  # before the lock (which removes an old lock file): a foreign dir stays as it is
         self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
