@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
 from extractor.network.spec import EmbeddingMeta
-from extractor.store import dataset_lock
+from extractor.store import dataset_lock, row_schema
 from extractor.util.atomic import fsync_path, write_text_atomic
 from index.ops import faiss_reason
 
@@ -68,14 +68,8 @@ REQUIRED_KEYS = (
     "build_seconds",
     "embedding_metadata",
 )
-LOOKUP_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=True),
-        pa.field("sha256", pa.binary(32), nullable=False),
-    ]
-)
+LOOKUP_COLUMNS = ("id", "path", "label", "sha256")  # of every searchable vector, from its dataset row
+LOOKUP_SCHEMA = row_schema(LOOKUP_COLUMNS)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from extractor.store.layout import (
     default_rows_per_part,
     list_parts,
     part_name,
+    row_schema,
 )
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import META_KEY, path_id, path_ids
@@ -42,6 +43,7 @@ __all__ = [
     "load_dataset",
     "open_for_writing",
     "part_name",
+    "row_schema",
     "path_id",
     "path_ids",
     "read_errors",
