@@ -67,9 +67,11 @@ def add_shard(trained: str, emb_dir: str, parts: list[str], out: str, queries: s
     return the exact top-``k`` of the recall queries (a .npy file) among those rows. Runs anywhere the files are."""
     index = faiss.read_index(trained)
     shard = load_dataset(emb_dir, columns=("id",), parts=parts)
-    ops.add(index, shard.vectors, shard.ids, progress=False)
+    ops.add(index, shard.get_vectors(), shard.ids, progress=False)
     faiss.write_index(index, out)
-    scores, rows = faiss.knn(np.load(queries), shard.vectors, min(k, len(shard)), metric=faiss.METRIC_INNER_PRODUCT)
+    scores, rows = faiss.knn(
+        np.load(queries), shard.get_vectors(), min(k, len(shard)), metric=faiss.METRIC_INNER_PRODUCT
+    )
     return scores, shard.ids[rows]
 
 
@@ -200,7 +202,7 @@ def _gather(emb_dir: Path, part_rows: Sequence[tuple[str, int]], wanted: list[np
         stop = start + rows
         picks = [r[(r >= start) & (r < stop)] - start for r in wanted]
         if any(p.size for p in picks):
-            vectors = load_dataset(emb_dir, columns=("id",), parts=[name]).vectors
+            vectors = load_dataset(emb_dir, columns=("id",), parts=[name]).get_vectors()
             for chunks, pick in zip(out, picks):
                 chunks.append(vectors[pick])
         start = stop

@@ -11,7 +11,7 @@ from extractor.images.discover import FileEntry
 from extractor.images.file_decoder import FileDecoder
 from extractor.store import to_table
 from tests.imagefiles import make_photo, make_text_file, make_truncated_jpeg
-from tests.store.test_store import make_meta
+from tests.storedata import make_meta
 
 RESIZE = ResizeSpec.parse("squash64")
 
