@@ -140,7 +140,8 @@ def build_sharded_index_dir(
             with phases("train"):
                 ops.train(index, sample)
                 del sample
-                faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.NoMap)
+                no_map = faiss.DirectMap.NoMap  # type: ignore[attr-defined]  # faiss's stubs omit DirectMap
+                faiss.extract_index_ivf(index).set_direct_map_type(no_map)  # built on demand: ops.reconstruct
                 faiss.write_index(index, str(staging / "trained.faiss"))
                 np.save(staging / "queries.npy", queries)
             groups = plan_shards(part_rows, shards)
@@ -187,10 +188,11 @@ def _mergeable(index: faiss.Index) -> bool:
     node = faiss.downcast_index(index)
     while isinstance(node, faiss.IndexPreTransform):
         node = faiss.downcast_index(node.index)
-    return (
-        isinstance(node, faiss.IndexIVF)
-        and not isinstance(node, (faiss.IndexIVFPQR, faiss.IndexIVFPQFastScan, faiss.IndexIVFAdditiveQuantizerFastScan))
-        and isinstance(faiss.downcast_InvertedLists(node.invlists), faiss.ArrayInvertedLists)
+    if not isinstance(node, faiss.IndexIVF) or node.invlists is None:
+        return False
+    unmergeable = (faiss.IndexIVFPQR, faiss.IndexIVFPQFastScan, faiss.IndexIVFAdditiveQuantizerFastScan)
+    return not isinstance(node, unmergeable) and isinstance(
+        faiss.downcast_InvertedLists(node.invlists), faiss.ArrayInvertedLists
     )
 
 

@@ -163,10 +163,11 @@ def load_dataset(
     wanted = _column_list(columns)
     every = require_parts(directory)
     meta = agreeing_meta(every)
-    selected = set(parts) if parts is not None else None
-    chosen = [part for part in every if selected is None or part.path.name in selected]
-    if not chosen or (selected is not None and len(chosen) != len(selected)):
-        raise DatasetError(f"{directory} lacks the parts {sorted(selected - {p.path.name for p in chosen})[:3]}")
+    selected = {part.path.name for part in every} if parts is None else set(parts)
+    chosen = [part for part in every if part.path.name in selected]
+    if not chosen or len(chosen) != len(selected):
+        missing = sorted(selected - {p.path.name for p in chosen})[:3]
+        raise DatasetError(f"{directory} lacks the parts {missing}: it changed since they were listed; try again")
     if expect is not None:
         meta.check_compatible(
             expect,
