@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DRIVER_BATCH = 1024
+"""Rows the driver commits at a time: its per-batch Python costs (ids, Arrow conversion) amortised over ~1,000
+rows commit ~3x as many rows/s as over the actors' 32 (measured: 20,000 vs 6,300 rows/s on a loaded 2-core
+machine), so one driver keeps up with a few hundred cores."""
 DECODE_RETRIES = 2
 """Times a decode task is run again after its worker process died (a node lost, or a file that crashes it)."""
 
@@ -75,7 +79,7 @@ class RayEngine:
                 )
                 batches = self._pipeline(ray, job, todo, actors)
             with Progress(len(todo), "embed", enabled=job.progress) as progress:
-                for batch in _timed(batches, timer, "infer"):
+                for batch in _timed(batches, timer, "cluster"):
                     timer.add("decode", float(batch["seconds"].sum()))
                     with timer("write"):
                         good, bad = commit(writer, batch)
@@ -125,7 +129,7 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=self.cpus_per_actor,
         )
-        return iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+        return iter(ds.iter_batches(batch_size=max(DRIVER_BATCH, job.batch_size), batch_format="numpy"))
 
 
 def _decode_task_options() -> dict[str, Any]:
