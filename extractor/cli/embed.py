@@ -99,11 +99,11 @@ from extractor.parallel.stream import usable_cpus
     "--num-actors",
     default=None,
     type=click.IntRange(1),
-    help="With --engine ray: inference actors (default: half the cluster's CPUs / --cpus-per-actor).",
+    help="With --engine ray: inference actors (default: 3/4 of the cluster's CPUs / --cpus-per-actor).",
 )
 @click.option(
     "--cpus-per-actor",
-    default=1.0,
+    default=1.5,
     show_default=True,
     type=click.FloatRange(0.1),
     help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
@@ -139,7 +139,7 @@ def embed(
     from extractor.images.discover import discover
     from extractor.network.weights import default_source
 
-    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.0}
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
