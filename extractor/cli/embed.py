@@ -8,6 +8,8 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 
 
@@ -29,24 +31,27 @@ from extractor.parallel.stream import usable_cpus
 )
 @click.option(
     "--arch",
-    type=click.Choice(["caffe", "torchvision"]),
+    type=click.Choice(ARCHS),
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
+@click.option("--layer", type=click.Choice(LAYERS), default=LAYERS[0], show_default=True)
 @click.option(
     "--pooling",
-    type=click.Choice(["avg", "max", "gem", "flatten"]),
-    default="gem",
+    type=click.Choice(list(POOLINGS)),
+    default=DEFAULT_POOLING,
     show_default=True,
-    help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).",
+    help="Global pooling of pool5 (ignored with fc6/fc7): "
+    + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
+    + ".",
 )
 @click.option(
     "--resize",
     default=None,
     metavar="POLICY",
-    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
-    "policy (caffe: squash256-center227, torchvision: shorter256-center224).",
+    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
+    + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
+    + ").",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -80,6 +85,13 @@ from extractor.parallel.stream import usable_cpus
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option(
+    "--follow-outside/--no-follow-outside",
+    default=True,
+    show_default=True,
+    help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
+    "loops never are).",
+)
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -125,6 +137,7 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    follow_outside: bool,
     engine: str,
     address: str | None,
     num_actors: int | None,
@@ -136,17 +149,13 @@ def embed(
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
     OUT_DIR/_errors.parquet and never stop the job.
     """
-    from extractor.images.discover import discover
-    from extractor.network.weights import default_source
+    from extractor.embed.job import embed_folder
 
     ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
-    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    from extractor.embed.job import EmbedJob
     from extractor.embed.local import LocalEngine
-    from extractor.network.features import FeatureExtractor
 
     runner: Any = LocalEngine()
     if engine == "ray":
@@ -155,12 +164,14 @@ def embed(
 
         import_ray()  # not installed: say how, before the model loads
         runner = RayEngine(address, num_actors, cpus_per_actor)
-
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
-    job = EmbedJob(
+    summary = embed_folder(
         images_dir,
         out_dir,
-        extractor,
+        weights,
+        arch,
+        layer,
+        pooling,
+        resize,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -169,11 +180,12 @@ def embed(
         prune=prune,
         retry_errors=retry_errors,
         overwrite=overwrite,
+        follow_outside=follow_outside,
         progress=progress,
         engine=runner,
     )
-    summary = job.run()
-    spec = extractor.spec
-    click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+    meta = summary.meta
+    assert meta is not None
+    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
     for line in summary.lines():
         click.echo(line)

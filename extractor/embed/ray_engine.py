@@ -18,7 +18,6 @@ Images must be readable at the same absolute paths on every node (a shared file 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -127,7 +126,7 @@ class RayEngine:
         ds = ds.map_batches(
             Embedder,
             fn_constructor_kwargs={
-                "metadata": dataclasses.asdict(job.metadata()),
+                "metadata": job.metadata().to_dict(),
                 "threads": math.ceil(self.cpus_per_actor),
             },
             batch_size=job.batch_size,
@@ -154,10 +153,11 @@ class Embedder:
 
     def __init__(self, metadata: dict[str, Any], threads: int) -> None:
         from extractor.network.features import FeatureExtractor
+        from extractor.network.spec import EmbeddingMeta
         from extractor.network.tf_runtime import import_tensorflow
 
         import_tensorflow(threads)
-        self.extractor = FeatureExtractor.from_metadata(metadata)
+        self.extractor = FeatureExtractor.from_metadata(EmbeddingMeta.from_dict(metadata))
         self.extractor.warm_up()
 
     def __call__(self, batch: Columns) -> Columns:
