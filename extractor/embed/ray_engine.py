@@ -50,9 +50,9 @@ rows commit ~3x as many rows/s as over the actors' 32 (measured: 20,000 vs 6,300
 machine), so one driver keeps up with a few hundred cores."""
 DECODE_CPUS = 0.5
 INFER_SHARE = 0.75
-"""Decoding a 500x375 JPEG costs about a third of its inference (measured: 380 vs 122 images/s per core), so by
-default actors reserve three quarters of the CPUs and a decode task half a CPU: on 2 CPUs, one actor of 1.5 CPUs
-(TensorFlow on 2 threads, as the local engine's) beside one decode task, no CPU idle while the other waits."""
+"""(With ``DECODE_CPUS``.) Decoding a 500x375 JPEG costs about a third of its inference (measured: 380 vs 122
+images/s per core), so by default actors reserve three quarters of the CPUs and a decode task half a CPU: on 2
+CPUs, one actor of 1.5 CPUs (TensorFlow on 2 threads, as the local engine's) beside one decode task."""
 DECODE_RETRIES = 2
 """Times a decode task is run again after its worker process died (a node lost, or a file that crashes it)."""
 
@@ -93,7 +93,7 @@ class RayEngine:
                     progress.update(good + bad, errors=summary.errors)
         except ray.exceptions.RayError as exc:
             raise AlexfeatError(
-                f"the Ray job failed after {summary.embedded + summary.errors} files: {_first_line(exc)}. The "
+                f"the Ray job failed after {summary.embedded + summary.errors} files: {_last_line(exc)}. The "
                 "finished batches are kept: run the same command again to embed the rest"
             ) from None
         finally:
@@ -164,7 +164,8 @@ class Embedder:
         return apply_model(batch, self.extractor, self.extractor.spec.dim)
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text (Ray's task errors end with the original exception)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 
