@@ -60,16 +60,50 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
+@click.option(
+    "--shards",
+    default=None,
+    type=click.IntRange(1),
+    help="Train once, add the dataset in N shards independently, merge them on disk into index.ivfdata "
+    "(read-only; for indexes larger than memory). Needs an inverted file (IVF...); below the IVF threshold, "
+    "auto builds the exact index in one piece.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --shards: add the shards here, one after the other, or as Ray tasks (files on a shared file system).",
+)
+@click.option("--address", default=None, metavar="auto|ray://HOST:10001", help="With --engine ray: the cluster.")
 @progress_option
 def build(
-    emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
+    emb_dir: str,
+    out_dir: str,
+    factory: str,
+    memory_budget: int | None,
+    target_recall: float,
+    shards: int | None,
+    engine: str,
+    address: str | None,
+    progress: bool | None,
 ) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    if shards is None and (engine != "local" or address):
+        raise click.UsageError("--engine and --address only apply with --shards")
+    if shards is None:
+        built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    else:
+        from index.sharded import build_sharded_index_dir
+
+        built = build_sharded_index_dir(
+            emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
+        )
+    sharded = f" in {built.info['shards']} shards merged on disk" if built.info.get("storage") == "ondisk" else ""
     click.echo(
-        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}, "
         f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
         f"built in {built.build_seconds:.1f} s"
     )

@@ -161,14 +161,15 @@ class Searcher:
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
-        vectors, ok, errors = self.extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0)) if len(ok) else []
+        embedded = self.extractor.embed_images(names)
+        ok = embedded.indices
+        hits = self.search_vectors(embedded.values, k + (TIE_SLACK if exclude_self else 0)) if ok else []
         own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
         results = [
             QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
             for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
-        return SearchResults(results, list(errors))
+        return SearchResults(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
 
     def search(
         self,
