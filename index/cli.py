@@ -13,6 +13,7 @@ import click
 
 from extractor.errors import AlexfeatError
 from extractor.network.precision import PRECISION_HELP, PRECISIONS
+from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
@@ -37,7 +38,7 @@ def index_group() -> None:
 
 @index_group.command()
 @click.argument("emb_dir", type=_DIR)
-@click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
+@output_dir_option("Index directory (created).")
 @click.option(
     "--factory",
     default="auto",
@@ -60,16 +61,50 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option(
+    "--shards",
+    default=None,
+    type=click.IntRange(1),
+    help="Train once, add the dataset in N shards independently, merge them on disk into index.ivfdata "
+    "(read-only; for indexes larger than memory). Needs an inverted file (IVF...); below the IVF threshold, "
+    "auto builds the exact index in one piece.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --shards: add the shards here, one after the other, or as Ray tasks (files on a shared file system).",
+)
+@click.option("--address", default=None, metavar="auto|ray://HOST:10001", help="With --engine ray: the cluster.")
+@progress_option
 def build(
-    emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
+    emb_dir: str,
+    out_dir: str,
+    factory: str,
+    memory_budget: int | None,
+    target_recall: float,
+    shards: int | None,
+    engine: str,
+    address: str | None,
+    progress: bool | None,
 ) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    if shards is None and (engine != "local" or address):
+        raise click.UsageError("--engine and --address only apply with --shards")
+    if shards is None:
+        built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    else:
+        from index.sharded import build_sharded_index_dir
+
+        built = build_sharded_index_dir(
+            emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
+        )
+    sharded = f" in {built.info['shards']} shards merged on disk" if built.info.get("storage") == "ondisk" else ""
     click.echo(
-        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}, "
         f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
         f"built in {built.build_seconds:.1f} s"
     )
@@ -82,7 +117,7 @@ def _params(params: dict[str, int]) -> str:
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
 @click.argument("emb_dir", type=_DIR)
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     """Add EMB_DIR's new rows to INDEX_DIR and replace rows whose image changed (sha256)."""
     from index.update import add_to_index
@@ -153,12 +188,7 @@ def _print_table(results: list[Any], out: Any) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="Weights file for image queries when the recorded source is not on this machine.",
-)
+@recorded_weights_option
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -197,7 +227,7 @@ def search(
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
     for path, kind, message in found.errors:
-        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+        warn(f"{text_cell(path)}: {kind}: {text_cell(message)}")
     results = found.results
     if not results:
         raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
@@ -247,7 +277,7 @@ def search(
     "score: to the group's first member.",
 )
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page of the groups.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def dedup(
     emb_dir: str,
     threshold: float | None,
@@ -263,7 +293,7 @@ def dedup(
 
     report = dedup_dataset(emb_dir, threshold, progress, out, verify=verify, images_root=images_root)
     for path, why in sorted(report.unreadable.items()):
-        click.echo(f"warning: cannot verify {text_cell(path)}: {text_cell(why)}", err=True)
+        warn(f"cannot verify {text_cell(path)}: {text_cell(why)}")
     if out is None:
         for line in group_lines(report):
             click.echo(line)

@@ -9,7 +9,10 @@
         index.faiss     the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
         ids.parquet     id, path, label, sha256 of every searchable vector, sorted by id
         masked_ids.npy  ids removed from an index type that cannot remove them (never returned by a search)
+        index.ivfdata   the inverted lists of a sharded build merged on disk (``storage: ondisk``), read in place,
+                        read-only, by ``index.faiss`` of the same folder
     index.faiss, ids.parquet   symbolic links to the current generation's files, for plain FAISS / Parquet users
+                               (and index.ivfdata beside them for a merged index)
     .alexfeat.lock    the one-writer lock of ``index build/add/remove``
 
 A writer (holding the lock) writes the next generation beside the current one, then replaces ``index.json``
@@ -32,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +48,8 @@ import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
 from extractor.network.spec import EmbeddingMeta
-from extractor.store import dataset_lock
-from extractor.util.atomic import write_text_atomic
+from extractor.store import dataset_lock, row_schema
+from extractor.util.atomic import fsync_path, write_text_atomic
 from index.ops import faiss_reason
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,11 @@ INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
+IVFDATA_FILE = "index.ivfdata"
+"""The inverted lists of a merged (sharded, on-disk) index, beside its ``index.faiss``; ``index.json`` then has
+``"storage": "ondisk"``."""
 CRASH_ENV = "ALEXFEAT_INDEX_CRASH_AFTER"
-GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE})
+GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE})
 _GEN_NAME = re.compile(r"gen-(\d{6,})")
 REQUIRED_KEYS = (
     "factory",
@@ -68,14 +75,8 @@ REQUIRED_KEYS = (
     "build_seconds",
     "embedding_metadata",
 )
-LOOKUP_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=True),
-        pa.field("sha256", pa.binary(32), nullable=False),
-    ]
-)
+LOOKUP_COLUMNS = ("id", "path", "label", "sha256")  # of every searchable vector, from its dataset row
+LOOKUP_SCHEMA = row_schema(LOOKUP_COLUMNS)
 
 
 @dataclass
@@ -210,7 +211,7 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
         n
         for n in sorted(os.listdir(directory))
         if not n.startswith(".")
-        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)
+        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE)
         and not _is_generation(directory / n)
     ]
     if foreign and not (directory / INFO_FILE).exists():
@@ -231,14 +232,6 @@ def _crash_point(name: str) -> None:
     """The test hook: die like ``kill -9`` right after writing ``name`` when ALEXFEAT_INDEX_CRASH_AFTER names it."""
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -272,11 +265,15 @@ def tidy_index_dir(directory: Path) -> None:
 
 
 def _point_links(directory: Path, gen: str) -> None:
-    """The links ``index.faiss`` and ``ids.parquet`` at ``gen``'s files; no single-generation masked file left."""
-    for name in (INDEX_FILE, LOOKUP_FILE):
+    """The links ``index.faiss`` and ``ids.parquet`` (and ``index.ivfdata`` of a merged index) at ``gen``'s files;
+    no single-generation masked file left."""
+    ondisk = (directory / gen / IVFDATA_FILE).exists()
+    for name in (INDEX_FILE, LOOKUP_FILE) + ((IVFDATA_FILE,) if ondisk else ()):
         link = directory / name
         if not link.is_symlink() or os.readlink(link) != f"{gen}/{name}":
             _link(directory, name, f"{gen}/{name}")
+    if not ondisk and (directory / IVFDATA_FILE).is_symlink():
+        (directory / IVFDATA_FILE).unlink()
     with contextlib.suppress(FileNotFoundError):
         (directory / MASKED_FILE).unlink()
 
@@ -313,31 +310,42 @@ def _link(directory: Path, name: str, target: str) -> None:
 
 
 def _write_generation(
-    gen_dir: Path, lookup: Lookup, index: faiss.Index | None, previous: Path | None, masked: np.ndarray
+    gen_dir: Path,
+    lookup: Lookup,
+    index: faiss.Index | None,
+    previous: Path | None,
+    masked: np.ndarray,
+    ivfdata: Path | None = None,
 ) -> None:
-    """Write (or, for ``index=None``, hard-link from ``previous``) the files of a generation, each fsync'ed."""
+    """Write (or, for ``index=None``, hard-link from ``previous``, with its ``index.ivfdata`` if any) the files of a
+    generation, each fsync'ed; ``ivfdata``, the merged lists of a new on-disk index, is moved in."""
     gen_dir.mkdir()
     target = gen_dir / INDEX_FILE
     if index is not None:
+        if ivfdata is not None:
+            os.replace(ivfdata, gen_dir / IVFDATA_FILE)
+            fsync_path(gen_dir / IVFDATA_FILE)
         faiss.write_index(index, str(target))
     else:
         if previous is None or not previous.is_file():
             raise IndexDirError(f"{gen_dir.parent}: the current {INDEX_FILE} is missing; rebuild the index")
-        try:
-            os.link(previous, target)  # the files of a generation never change once written: sharing is safe
-        except OSError:
-            shutil.copyfile(previous, target)
-    _fsync(target)
+        for source in (previous, previous.with_name(IVFDATA_FILE)):
+            if source.name == INDEX_FILE or source.exists():
+                try:
+                    os.link(source, gen_dir / source.name)  # a generation's files never change: sharing is safe
+                except OSError:
+                    shutil.copyfile(source, gen_dir / source.name)
+    fsync_path(target)
     _crash_point(INDEX_FILE)
     pq.write_table(lookup.to_table(), gen_dir / LOOKUP_FILE, compression="zstd", write_page_checksum=True)
-    _fsync(gen_dir / LOOKUP_FILE)
+    fsync_path(gen_dir / LOOKUP_FILE)
     _crash_point(LOOKUP_FILE)
     if masked.size:
         with open(gen_dir / MASKED_FILE, "wb") as fh:
             np.save(fh, masked)
-        _fsync(gen_dir / MASKED_FILE)
+        fsync_path(gen_dir / MASKED_FILE)
         _crash_point(MASKED_FILE)
-    _fsync(gen_dir)
+    fsync_path(gen_dir)
 
 
 def write_index_dir(
@@ -347,8 +355,10 @@ def write_index_dir(
     index: faiss.Index | None = None,
     masked: np.ndarray | None = None,
     previous: IndexDir | None = None,
+    ivfdata: Path | None = None,
 ) -> dict[str, Any]:
     """Write the next generation of the directory and switch to it; ``index=None`` keeps ``previous``'s index.
+    ``ivfdata``: the file of a merged on-disk ``index``'s lists, moved into the generation as ``index.ivfdata``.
 
     The caller holds the directory's lock. Fills in the bookkeeping keys of ``info`` (count, file sizes, masked
     count, generation) and returns it.
@@ -361,7 +371,7 @@ def write_index_dir(
         gen = f"gen-{number:06d}"
         gen_dir = directory / gen
         old_index = previous.files_dir / INDEX_FILE if previous is not None else None
-        _write_generation(gen_dir, lookup, index, old_index, masked)
+        _write_generation(gen_dir, lookup, index, old_index, masked, ivfdata)
         if index is not None:
             info["ntotal"] = int(index.ntotal)
         info.update(
@@ -370,12 +380,16 @@ def write_index_dir(
             masked_ids_file=MASKED_FILE if masked.size else None,
             format_version=FORMAT_VERSION,
             generation=gen,
-            files={name: (gen_dir / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
+            files={
+                name: (gen_dir / name).stat().st_size
+                for name in (INDEX_FILE, LOOKUP_FILE, IVFDATA_FILE)
+                if name != IVFDATA_FILE or (gen_dir / name).exists()
+            },
         )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
         switched = True
-        _fsync(directory)
+        fsync_path(directory)
         _crash_point(INFO_FILE)
         _point_links(directory, gen)
         _remove_generations(directory, gen)
@@ -440,6 +454,21 @@ def _checked_size(directory: Path, base: Path, name: str, info: dict[str, Any]) 
     return path
 
 
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for the duration (C++ code prints there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
     """Open and check an index directory: every file present, complete and consistent with ``index.json``.
 
@@ -459,8 +488,13 @@ def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
 def _open_generation(directory: Path, info: dict[str, Any]) -> IndexDir:
     base = generation_dir(directory, info)
     index_path = _checked_size(directory, base, INDEX_FILE, info)
+    flags = 0
+    if info.get("storage") == "ondisk":  # its lists are in index.ivfdata beside it, wherever the directory now is
+        _checked_size(directory, base, IVFDATA_FILE, info)
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     try:
-        index = faiss.read_index(str(index_path))
+        with _stdout_silenced():  # FAISS prints where it found index.ivfdata on standard output
+            index = faiss.read_index(str(index_path), flags)
     except RuntimeError as exc:
         raise _fail(directory, f"{INDEX_FILE} cannot be read by FAISS ({faiss_reason(exc)})") from None
     if index.d != int(info["dim"]):

@@ -166,14 +166,15 @@ class Searcher:
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
-        vectors, ok, errors = self.extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0)) if len(ok) else []
+        embedded = self.extractor.embed_images(names)
+        ok = embedded.indices
+        hits = self.search_vectors(embedded.values, k + (TIE_SLACK if exclude_self else 0)) if ok else []
         own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
         results = [
             QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
             for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
-        return SearchResults(results, list(errors))
+        return SearchResults(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
 
     def search(
         self,
@@ -263,20 +264,6 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    recorded = searcher.dir.meta.root
-    if override is not None:
-        root = Path(override)
-    elif recorded is not None:
-        root = Path(recorded)
-    else:
-        raise AlexfeatError(
-            "the index records no images folder (its embeddings were written without one); pass --images-root "
-            "with the folder that was embedded"
-        )
-    if not root.is_dir():
-        source = "given with --images-root" if override is not None else "recorded in the index"
-        raise AlexfeatError(
-            f"the images folder {root} ({source}) does not exist here; pass --images-root with "
-            "the folder that was embedded"
-        )
-    return root
+    from index.verify import images_root as dataset_images_root
+
+    return dataset_images_root(searcher.dir.meta.root, override, "the index")

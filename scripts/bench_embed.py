@@ -138,7 +138,8 @@ def embed_once(folder: Path, out: Path, batch_size: int, precision: str) -> dict
     start = time.perf_counter()
     output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     whole = time.perf_counter() - start
-    seconds = {key: float(re.search(rf"{key} ([0-9.]+)s", output).group(1)) for key in ("wall", "decode", "infer")}
+    found = {key: re.search(rf"\b{key} ([0-9.]+)s", output) for key in ("wall", "decode", "infer")}
+    seconds = {key: float(match.group(1)) if match else 0.0 for key, match in found.items()}  # a stage may not run
     return {"whole": whole, "job": seconds["wall"], "decode_s": seconds["decode"], "infer_s": seconds["infer"]}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
@@ -10,18 +12,12 @@ from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.network.precision import PRECISION_HELP, PRECISIONS
 from extractor.parallel.stream import usable_cpus
+from extractor.util.cli_options import output_dir_option, progress_option
 
 
 @click.command()
 @click.argument("images_dir", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Dataset directory (created; rerunning resumes it).",
-)
+@output_dir_option("Dataset directory (created; rerunning resumes it).")
 @click.option(
     "--weights",
     default=None,
@@ -99,7 +95,35 @@ from extractor.parallel.stream import usable_cpus
     help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
     "loops never are).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: decode processes and TensorFlow on this machine; ray: Ray Data tasks and actors on a Ray "
+    "cluster (pip install 'alexfeat[ray]'; see docs/scale.md).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="auto|ray://HOST:10001",
+    help="With --engine ray: the cluster to join (auto: the one this machine belongs to). Default: a local Ray "
+    "instance started for the job.",
+)
+@click.option(
+    "--num-actors",
+    default=None,
+    type=click.IntRange(1),
+    help="With --engine ray: inference actors (default: 3/4 of the cluster's CPUs / --cpus-per-actor).",
+)
+@click.option(
+    "--cpus-per-actor",
+    default=1.5,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
+)
+@progress_option
 def embed(
     images_dir: str,
     out_dir: str,
@@ -118,6 +142,10 @@ def embed(
     precision: str,
     overwrite: bool,
     follow_outside: bool,
+    engine: str,
+    address: str | None,
+    num_actors: int | None,
+    cpus_per_actor: float,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -127,6 +155,19 @@ def embed(
     """
     from extractor.embed.job import embed_folder
 
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
+    given = [name for name, value in ray_only.items() if value]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    from extractor.embed.local import LocalEngine
+
+    runner: Any = LocalEngine()
+    if engine == "ray":
+        from extractor.embed.ray_engine import RayEngine
+        from extractor.parallel.ray_cluster import import_ray
+
+        import_ray()  # not installed: say how, before the model loads
+        runner = RayEngine(address, num_actors, cpus_per_actor)
     summary = embed_folder(
         images_dir,
         out_dir,
@@ -146,6 +187,7 @@ def embed(
         overwrite=overwrite,
         follow_outside=follow_outside,
         progress=progress,
+        engine=runner,
     )
     meta = summary.meta
     assert meta is not None

@@ -149,7 +149,8 @@ def test_bfloat16_agrees_with_float32_on_real_photos(arch, dev_images, caffe_wei
         vectors = {}
         for precision in ("float32", "bfloat16"):
             extractor = FeatureExtractor(weights, arch=arch, layer=layer, pooling=pooling, precision=precision)
-            vectors[precision], ok, errors = extractor.embed_paths(paths)
-            assert len(ok) == len(paths) and not errors
+            found = extractor.embed_images(paths)
+            assert len(found.indices) == len(paths) and not found.failures
+            vectors[precision] = found.values
         cosines = _cosines(vectors["float32"], vectors["bfloat16"])
         assert cosines.min() >= 0.9999, (arch, layer, pooling, cosines.min())
