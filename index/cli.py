@@ -14,6 +14,10 @@ import click
 from extractor.errors import AlexfeatError
 
 _DIR = click.Path(file_okay=False)
+# the defaults of index.expansion (DEFAULT_AUGMENT, DEFAULT_EXPAND), kept here so `--help` does not load FAISS;
+# tests/index/test_expansion.py checks that they agree
+DEFAULT_AUGMENT = 10
+DEFAULT_EXPAND = 2
 
 
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -57,16 +61,32 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
+@click.option(
+    "--augment",
+    default=DEFAULT_AUGMENT,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="K",
+    help="Database-side augmentation: store each vector as the similarity^3-weighted sum of its K nearest "
+    "neighbours (itself included); better search. 0: the raw vectors. The dataset is not changed.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def build(
-    emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
+    emb_dir: str,
+    out_dir: str,
+    factory: str,
+    memory_budget: int | None,
+    target_recall: float,
+    augment: int,
+    progress: bool | None,
 ) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress, augment)
+    augmented = f" augmented over {built.info['augment']} neighbours" if built.info["augment"] else ""
     click.echo(
-        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{augmented}, "
         f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
         f"built in {built.build_seconds:.1f} s"
     )
@@ -143,6 +163,15 @@ def _print_table(results: list[Any], out: Any) -> None:
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
 )
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
+@click.option(
+    "--expand",
+    default=DEFAULT_EXPAND,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="K",
+    help="Query expansion: search again with the query plus its K nearest neighbours, weighted by "
+    "similarity^3. 0: raw nearest neighbours.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
 @click.option(
@@ -164,6 +193,7 @@ def search(
     paths: tuple[str, ...],
     queries_dir: str | None,
     k: int,
+    expand: int,
     as_json: bool,
     html_file: str | None,
     weights: str | None,
@@ -185,7 +215,7 @@ def search(
 
     searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    found = searcher.search(images, ids, paths, queries_dir, k)
+    found = searcher.search(images, ids, paths, queries_dir, k, expand)
     for path, kind, message in found.errors:
         click.echo(f"warning: {path}: {kind}: {message}", err=True)
     results = found.results

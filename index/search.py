@@ -17,6 +17,7 @@ import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
 from index import ops
+from index.expansion import ALPHA, DEFAULT_EXPAND, check_count, expand_queries
 from index.indexdir import IndexDir, open_index_dir, resolve_targets
 
 if TYPE_CHECKING:
@@ -83,11 +84,19 @@ class Searcher:
     def count(self) -> int:
         return len(self.dir.lookup)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension)."""
+    def expand(self, vectors: np.ndarray, expand: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """αQE: each query vector replaced by the similarity^α-weighted sum of itself and its top-``expand``
+        neighbours in the index (``exclude``: per query an id not counted among them, e.g. the item itself)."""
+        x = ops.as_matrix(vectors, self.dim, "query vectors")
+        k = check_count(expand, "expand")
+        return expand_queries(self.dir.index, x, k, ALPHA, self.dir.search_params, self.dir.masked, exclude)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, expand: int = DEFAULT_EXPAND) -> list[list[Hit]]:
+        """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension), the
+        queries first expanded with their top-``expand`` neighbours (αQE; 0: as given)."""
         if k < 1:
             raise IndexDirError(f"k must be at least 1, got {k}")
-        x = ops.as_matrix(vectors, self.dim, "query vectors")
+        x = self.expand(vectors, expand)
         scores, ids = ops.search(self.dir.index, x, k, self.dir.search_params, self.dir.masked)
         lookup = self.dir.lookup
         results = []
@@ -108,27 +117,32 @@ class Searcher:
             )
         return results
 
-    def _by_ids(self, ids: np.ndarray, k: int) -> list[QueryResult]:
-        vectors = ops.reconstruct(self.dir.index, ids)
+    def _by_ids(self, ids: np.ndarray, k: int, expand: int) -> list[QueryResult]:
+        stored = ops.reconstruct(self.dir.index, ids)
+        vectors = self.expand(stored, expand, exclude=ids)
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
-        found = self.search_vectors(vectors, k + TIE_SLACK)  # room for the item among exact duplicates
-        return [
-            QueryResult({"id": int(i), "path": lookup.paths[p]}, _self_first(hits, i)[:k])
-            for i, p, hits in zip(ids.tolist(), pos.tolist(), found)
-        ]
+        found = self.search_vectors(vectors, k + TIE_SLACK, expand=0)  # room for the item among exact duplicates
+        results = []
+        for i, p, hits, own_score in zip(ids.tolist(), pos.tolist(), found, (vectors * stored).sum(axis=1).tolist()):
+            if expand:  # an expanded query may sit nearer a neighbour than the item: the item still comes first
+                own = Hit(1, i, lookup.paths[p], lookup.labels[p], own_score)
+                hits = [own] + [replace(h, rank=r) for r, h in enumerate((h for h in hits if h.id != i), 2)]
+            results.append(QueryResult({"id": i, "path": lookup.paths[p]}, _self_first(hits, i)[:k]))
+        return results
 
-    def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
+    def search_ids(self, ids: Sequence[int], k: int = 10, expand: int = DEFAULT_EXPAND) -> list[QueryResult]:
+        """Neighbours of indexed items given by id (the item itself comes first), the stored vector expanded
+        with its top-``expand`` other neighbours (αQE; 0: raw neighbours)."""
         wanted = np.asarray([int(i) for i in ids], dtype=np.int64)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
-        return self._by_ids(wanted, k)
+        return self._by_ids(wanted, k, expand)
 
-    def search_paths(self, paths: Sequence[str], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by their path relative to the embedded folder."""
+    def search_paths(self, paths: Sequence[str], k: int = 10, expand: int = DEFAULT_EXPAND) -> list[QueryResult]:
+        """Neighbours of indexed items given by their path relative to the embedded folder (see search_ids)."""
         resolve_targets(self.dir, paths=paths)
         by_path = self.dir.lookup.path_to_id()
-        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k)
+        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, expand)
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -143,14 +157,16 @@ class Searcher:
                 self._extractor = extractor
             return self._extractor
 
-    def search_images(self, files: Sequence[str | os.PathLike[str]], k: int = 10) -> SearchResults:
-        """Neighbours of image files, embedded with the model recorded in the index. Files that cannot be decoded
-        are reported in ``errors`` and skipped."""
+    def search_images(
+        self, files: Sequence[str | os.PathLike[str]], k: int = 10, expand: int = DEFAULT_EXPAND
+    ) -> SearchResults:
+        """Neighbours of image files, embedded with the model recorded in the index and expanded with their
+        top-``expand`` neighbours (αQE; 0: raw). Files that cannot be decoded are reported in ``errors``."""
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
         vectors, ok, errors = self.extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k) if len(ok) else []
+        hits = self.search_vectors(vectors, k, expand) if len(ok) else []
         results = [
             QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)
         ]  # UTF-8 text, as the index's own paths are
@@ -163,9 +179,11 @@ class Searcher:
         paths: Sequence[str] = (),
         queries_dir: str | os.PathLike[str] | None = None,
         k: int = 10,
+        expand: int = DEFAULT_EXPAND,
     ) -> SearchResults:
         """Neighbours of one kind of query: image files, indexed ids, indexed paths, or every image in
-        ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have no result)."""
+        ``queries_dir``, each query expanded with its top-``expand`` neighbours first (αQE; 0: raw neighbours).
+        Image queries that cannot be decoded are reported in ``errors`` (and have no result)."""
         kinds = [name for name, given in (("images", images), ("ids", ids), ("paths", paths)) if len(given)]
         kinds += ["queries_dir"] if queries_dir is not None else []
         if len(kinds) != 1:
@@ -173,10 +191,10 @@ class Searcher:
                 f"give one kind of query: images, ids, paths or queries_dir (got {', '.join(kinds) or 'none'})"
             )
         if len(ids):
-            return SearchResults(self.search_ids(ids, k))
+            return SearchResults(self.search_ids(ids, k, expand))
         if len(paths):
-            return SearchResults(self.search_paths(paths, k))
-        return self.search_images(list(images) if queries_dir is None else query_files(queries_dir), k)
+            return SearchResults(self.search_paths(paths, k, expand))
+        return self.search_images(list(images) if queries_dir is None else query_files(queries_dir), k, expand)
 
 
 def search_index(
@@ -187,9 +205,10 @@ def search_index(
     queries_dir: str | os.PathLike[str] | None = None,
     k: int = 10,
     weights: str | None = None,
+    expand: int = DEFAULT_EXPAND,
 ) -> SearchResults:
     """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
-    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k)
+    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, expand)
 
 
 def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
