@@ -17,7 +17,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.errors import IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.store import Dataset, load_dataset
 from extractor.util.timing import Phases
 from index import ops
 from index.expansion import ALPHA, DEFAULT_AUGMENT, augment_database, check_count
@@ -28,7 +28,7 @@ from index.factory import (
     choose_factory,
     training_size,
 )
-from index.indexdir import Lookup, prepare_output, write_index_dir
+from index.indexdir import Lookup, index_lock, prepare_output, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def build_index_dir(
     ``augment`` > 1 applies database-side augmentation over that many neighbours (see :func:`build_index`);
     the dataset itself is never changed."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
-    with dataset_lock(out):
+    with index_lock(out):
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start

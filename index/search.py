@@ -18,7 +18,7 @@ import numpy as np
 from extractor.errors import AlexfeatError, IndexDirError
 from index import ops
 from index.expansion import ALPHA, DEFAULT_EXPAND, check_count, expand_queries
-from index.indexdir import IndexDir, open_index_dir, resolve_targets
+from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
 
 if TYPE_CHECKING:
     from extractor.network.features import FeatureExtractor
@@ -96,6 +96,7 @@ class Searcher:
         queries first expanded with their top-``expand`` neighbours (αQE; 0: as given)."""
         if k < 1:
             raise IndexDirError(f"k must be at least 1, got {k}")
+        k = min(k, max(self.dir.index.ntotal, 1))  # never more results than vectors: nothing else is allocated
         x = self.expand(vectors, expand)
         scores, ids = ops.search(self.dir.index, x, k, self.dir.search_params, self.dir.masked)
         lookup = self.dir.lookup
@@ -134,7 +135,7 @@ class Searcher:
     def search_ids(self, ids: Sequence[int], k: int = 10, expand: int = DEFAULT_EXPAND) -> list[QueryResult]:
         """Neighbours of indexed items given by id (the item itself comes first), the stored vector expanded
         with its top-``expand`` other neighbours (αQE; 0: raw neighbours)."""
-        wanted = np.asarray([int(i) for i in ids], dtype=np.int64)
+        wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
         return self._by_ids(wanted, k, expand)
 

@@ -78,6 +78,13 @@ from extractor.parallel.stream import usable_cpus
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option(
+    "--follow-outside/--no-follow-outside",
+    default=True,
+    show_default=True,
+    help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
+    "loops never are).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(
     images_dir: str,
@@ -95,6 +102,7 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    follow_outside: bool,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -120,6 +128,7 @@ def embed(
         prune=prune,
         retry_errors=retry_errors,
         overwrite=overwrite,
+        follow_outside=follow_outside,
         progress=progress,
     )
     meta = summary.meta

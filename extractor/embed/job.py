@@ -94,6 +94,7 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
+    follow_outside: bool = True  # follow symbolic links whose target is outside images_dir
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
 
     def metadata(self) -> EmbeddingMeta:
@@ -109,7 +110,11 @@ class EmbedJob:
         with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
             unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
-                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
+                entries = list(
+                    discover(
+                        self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc)), self.follow_outside
+                    )
+                )
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -210,8 +215,8 @@ def embed_folder(
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
     ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
-    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``progress``). It starts decode processes:
-    call it under ``if __name__ == "__main__":`` in a script.
+    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
+    starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)

@@ -253,8 +253,14 @@ def read_h5(path: str | Path) -> Weights:
     missing = [name for name in CONV_LAYERS if name not in tensors]
     if missing:
         raise WeightsError(f"{path}: missing layers {', '.join(missing)}")
-    source = info.get("source", str(path))
-    return Weights(info["arch"], tensors, source if source in ("imagenet",) else str(path), info["source_sha256"])
+    fields = info if isinstance(info, dict) else {}
+    arch, sha256, source = fields.get("arch"), fields.get("source_sha256"), fields.get("source", str(path))
+    if arch not in ARCHS or not isinstance(sha256, str) or not isinstance(source, str):
+        raise WeightsError(
+            f"{path}: its 'alexfeat' attribute lacks a valid arch ({', '.join(ARCHS)}) and source_sha256, so it was "
+            "not written by alexfeat or was edited; convert the original weights again with `alexfeat weights convert`"
+        )
+    return Weights(arch, tensors, source if source in ("imagenet",) else str(path), sha256)
 
 
 def _imagenet() -> Weights:

@@ -157,7 +157,7 @@ def test_search_on_a_truncated_index_is_an_error_not_a_traceback(
     collection: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     broken = tmp_path / "idx"
-    shutil.copytree(collection[2], broken)
+    shutil.copytree(collection[2], broken, symlinks=True)
     data = (broken / "index.faiss").read_bytes()
     (broken / "index.faiss").write_bytes(data[:100])
     code, output = run("search", broken, "--id", "1")

@@ -558,3 +558,38 @@ def test_wide_embeddings_get_smaller_parts_and_load_as_one_matrix(tmp_path: Path
     assert len(list_parts(out)) == 3 and data.vectors.shape == (40, 4096) and data.vectors.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(data.vectors, rows["embedding"])
     assert data.meta.pooling is None
+
+
+# ----------------------------------------------------------------------------------- silent corruption of a part
+
+
+def _flip_byte_in_embeddings(part: Path) -> None:
+    """XOR one byte in the middle of the embedding column's compressed pages; the footer stays intact."""
+    chunk = pq.read_metadata(part).row_group(0).column(COLUMNS.index("embedding"))
+    where = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data = bytearray(part.read_bytes())
+    data[where] ^= 0x01
+    part.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_inside_a_data_page_is_caught_by_its_checksum(tmp_path: Path) -> None:
+    from index.build import build_index_dir
+
+    out = tmp_path / "emb"
+    write_dataset(out, [f"c/{i}.jpg" for i in range(300)])
+    part = out / "part-00000.parquet"
+    _flip_byte_in_embeddings(part)
+    silent = pq.ParquetFile(part).read()  # without verification the page still decodes: the damage is silent
+    assert silent.num_rows == 300
+    for read in (load_dataset, lambda d: build_index_dir(d, tmp_path / "idx")):
+        with pytest.raises(DatasetError, match=r"part-00000.parquet is not a readable Parquet file.*CRC.*Delete it"):
+            read(out)
+
+
+def test_vectors_that_are_not_unit_length_are_a_clear_error(tmp_path: Path) -> None:
+    rows = make_rows(PATHS)
+    rows["embedding"][2] *= 1.5  # type: ignore[index]
+    with open_for_writing(tmp_path / "emb", make_meta()) as writer:
+        writer.add(rows)
+    with pytest.raises(DatasetError, match=r"part-00000.parquet is corrupt: 1 of its embeddings are not unit-length"):
+        load_dataset(tmp_path / "emb")
