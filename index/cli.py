@@ -18,7 +18,7 @@ _DIR = click.Path(file_okay=False)
 # the defaults of index.expansion (DEFAULT_AUGMENT, DEFAULT_EXPAND), kept here so `--help` does not load FAISS;
 # tests/index/test_expansion.py checks that they agree
 DEFAULT_AUGMENT = 10
-DEFAULT_EXPAND = 2
+DEFAULT_EXPAND = 3
 _ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from index import ops
 
 ALPHA = 3.0  # the similarity exponent (Radenović et al.; measured on the dev set, see README "Search quality")
-DEFAULT_EXPAND = 2  # αQE neighbours of `alexfeat search` (chosen by scripts/eval_quality.py)
+DEFAULT_EXPAND = 3  # αQE neighbours of `alexfeat search` (chosen by scripts/eval_quality.py)
 DEFAULT_AUGMENT = 10  # DBA neighbours (itself included) of `alexfeat index build` (chosen the same way)
 AUGMENT_BATCH = 8_192  # vectors augmented per search call: bounds the (batch, K, dim) neighbour block
 
