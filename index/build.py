@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -210,7 +209,7 @@ def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:
 def index_info(built: BuiltIndex, dataset: Dataset, emb_dir: Path) -> dict[str, Any]:
     """The full ``index.json`` content of ``built`` made from ``dataset``."""
     info = built.info()
-    info["embedding_metadata"] = json.loads(dataset.meta.to_json())
+    info["embedding_metadata"] = dataset.meta.to_dict()
     info["source"] = str(emb_dir.resolve())
     info["package_version"] = __version__
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

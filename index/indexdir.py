@@ -43,7 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
-from extractor.store import EmbeddingMeta, dataset_lock
+from extractor.network.spec import EmbeddingMeta
+from extractor.store import dataset_lock
 from extractor.util.atomic import write_text_atomic
 from index.ops import faiss_reason
 
@@ -178,9 +179,7 @@ class IndexDir:
     @property
     def meta(self) -> EmbeddingMeta:
         try:
-            return EmbeddingMeta.from_json(
-                json.dumps(self.info["embedding_metadata"]), where=str(self.path / INFO_FILE)
-            )
+            return EmbeddingMeta.from_dict(self.info["embedding_metadata"], where=str(self.path / INFO_FILE))
         except DatasetError as exc:
             raise IndexDirError(str(exc)) from None
 

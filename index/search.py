@@ -153,7 +153,7 @@ class Searcher:
                 from extractor.network.features import FeatureExtractor
                 from extractor.network.tf_runtime import import_tensorflow
 
-                extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=self.weights)
+                extractor = FeatureExtractor.from_metadata(self.dir.meta, weights=self.weights)
                 import_tensorflow()
                 self._extractor = extractor
             return self._extractor
@@ -233,7 +233,16 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    root = Path(override) if override is not None else Path(searcher.dir.info["embedding_metadata"]["root"])
+    recorded = searcher.dir.meta.root
+    if override is not None:
+        root = Path(override)
+    elif recorded is not None:
+        root = Path(recorded)
+    else:
+        raise AlexfeatError(
+            "the index records no images folder (its embeddings were written without one); pass --images-root "
+            "with the folder that was embedded"
+        )
     if not root.is_dir():
         source = "given with --images-root" if override is not None else "recorded in the index"
         raise AlexfeatError(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from extractor.errors import AlexfeatError, DatasetError
-from extractor.store import EmbeddingMeta
+from extractor.network.spec import EmbeddingMeta
 from extractor.util.atomic import atomic_dir, check_replaceable
 
 HEAD_FILE = "head.keras"
@@ -159,7 +159,7 @@ def read_classifier_dir(path: str | os.PathLike[str]) -> ClassifierDir:
     if not isinstance(metrics, dict) or not isinstance(metrics.get(META_KEY), dict):
         raise ClassifierDirError(f"{path / METRICS_FILE} lacks {META_KEY}: train the head again")
     try:
-        meta = EmbeddingMeta.from_json(json.dumps(metrics[META_KEY]), where=str(path / METRICS_FILE))
+        meta = EmbeddingMeta.from_dict(metrics[META_KEY], where=str(path / METRICS_FILE))
     except DatasetError as exc:
         raise ClassifierDirError(str(exc)) from exc
     return ClassifierDir(path, classes, metrics, meta, finetuned)
@@ -201,7 +201,7 @@ def write_classifier_dir(
             (staging / CLASSES_FILE).write_text(
                 json.dumps(classes, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
             )
-            record = {**metrics, META_KEY: json.loads(meta.to_json())}
+            record = {**metrics, META_KEY: meta.to_dict()}
             (staging / METRICS_FILE).write_text(
                 json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
             )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import WeightsError
-from extractor.network.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, POOL5_SHAPE, check_arch
+from extractor.network.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, FC_UNITS, POOL5_SHAPE, check_arch
 from extractor.util.hashing import file_sha256
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _conv_shape(arch: str, name: str) -> tuple[int, ...]:
 
 def _expected_shapes(arch: str, classes: int = 1000) -> dict[str, tuple[int, ...]]:
     shapes = {name: _conv_shape(arch, name) for name in CONV_LAYERS}
-    shapes.update(fc6=(int(np.prod(POOL5_SHAPE)), 4096), fc7=(4096, 4096), predictions=(4096, classes))
+    shapes.update(fc6=(int(np.prod(POOL5_SHAPE)), FC_UNITS), fc7=(FC_UNITS, FC_UNITS), predictions=(FC_UNITS, classes))
     return shapes
 
 
@@ -184,7 +184,7 @@ def _convert(raw: dict[str, np.ndarray], keys: dict[str, str], sep: str, where: 
             kernel = _fc6_from_chw(weight) if weight.shape == expected["fc6"][::-1] else weight
         else:
             kernel = weight.T
-        want = expected[name] if name != "predictions" else (4096, kernel.shape[-1])
+        want = expected[name] if name != "predictions" else (FC_UNITS, kernel.shape[-1])
         if kernel.shape != want or bias.shape != (want[-1],):
             raise WeightsError(
                 f"{where}: {keys[name]} has shape {weight.shape}, which does not fit the "

@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import COLUMNS, DEFAULT_COLUMNS, ERRORS_NAME, ERRORS_SCHEMA, arrow_schema, list_parts
-from extractor.store.meta import META_KEY, EmbeddingMeta
+from extractor.store.meta import META_KEY, decode_meta
 from extractor.store.parquet_io import corrupt_error, read_parquet, unreadable_error
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _open_part(path: Path) -> _Part:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise DatasetError(f"{path} has no alexfeat metadata: it was not written by `alexfeat embed`")
-    meta = EmbeddingMeta.from_json(raw, where=str(path))
+    meta = decode_meta(raw, str(path))
     for expected in arrow_schema(meta):
         index = schema.get_field_index(expected.name)
         if index < 0 or schema.field(index).type != expected.type:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -12,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from extractor.errors import AlexfeatError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store import DatasetWriter, load_dataset
 from index.build import build_index_dir
 from index.indexdir import REQUIRED_KEYS
 from index.search import Searcher
+from index.update import add_to_index
+from tests.format1 import format1_record
 from tests.index_data import clustered, paths_for, write_dataset
 from tests.storedata import make_meta
 
@@ -43,7 +47,20 @@ def test_index_json_has_the_design_keys_first(flat_index: Path, dataset: Path) -
     assert info["dim"] == 32 and info["count"] == N
     assert info["recall_at_10"] == 1.0 and info["search_params"] == {}
     assert info["build_seconds"] > 0
-    assert info["embedding_metadata"] == json.loads(load_dataset(dataset, embeddings=False).meta.to_json())
+    assert EmbeddingMeta.from_dict(info["embedding_metadata"]) == load_dataset(dataset, embeddings=False).meta
+
+
+def test_an_index_written_by_format_1_opens_and_takes_new_rows(flat_index: Path, dataset: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(flat_index, old)
+    meta = load_dataset(dataset, embeddings=False).meta
+    info = json.loads((old / "index.json").read_text())
+    (old / "index.json").write_text(json.dumps({**info, "embedding_metadata": format1_record(meta)}, indent=2))
+    assert Searcher(old).dir.meta == replace(meta, package_version="0.1.0")
+    more = tmp_path / "emb"
+    shutil.copytree(dataset, more)
+    write_dataset(more, paths_for(10, start=N), clustered(10, seed=9))
+    assert add_to_index(old, more).added == 10  # the compatibility check compares the settings, not the versions
 
 
 def test_index_faiss_opens_with_plain_faiss_and_is_keyed_by_the_parquet_ids(flat_index: Path, dataset: Path) -> None:
