@@ -6,7 +6,7 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 
@@ -50,6 +50,13 @@ from extractor.parallel.stream import usable_cpus
     help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
     + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
     + ").",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(TTAS),
+    default=TTAS[0],
+    show_default=True,
+    help="Test-time augmentation: flip embeds each image as the mean of it and its mirror (twice the inference).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -99,6 +106,7 @@ def embed(
     layer: str,
     pooling: str,
     resize: str | None,
+    tta: str,
     batch_size: int,
     workers: int,
     rows_per_part: int | None,
@@ -125,6 +133,7 @@ def embed(
         layer,
         pooling,
         resize,
+        tta,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -138,6 +147,7 @@ def embed(
     )
     meta = summary.meta
     assert meta is not None
-    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
+    tta = "" if meta.tta == "none" else f", test-time augmentation {meta.tta}"
+    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings{tta}")
     for line in summary.lines():
         click.echo(line)

@@ -206,19 +206,20 @@ def embed_folder(
     layer: str = "pool5",
     pooling: str = DEFAULT_POOLING,
     resize: str | None = None,
+    tta: str = "none",
     **options: Any,
 ) -> EmbedSummary:
     """Embed every image under ``images_dir`` into the dataset ``out_dir`` (created; a rerun embeds only new and
     changed files), as ``alexfeat embed`` does.
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``, ``tta``: as :class:`FeatureExtractor` takes them. ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
     starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize, tta)
     return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 
 

@@ -177,3 +177,40 @@ def test_an_augmented_index_survives_add_replace_and_remove(
     for query, result in zip(paths[10:20], searcher.search(paths=paths[10:20], k=20).results):
         found = [h.path for h in result.hits]
         assert found[0] == query and paths[5] not in found and paths[70] not in found and len(found) == 20
+
+
+def test_search_by_image_on_an_augmented_rmac_flip_index_embeds_with_the_recorded_settings(tmp_path: Path) -> None:
+    from extractor.network.features import FeatureExtractor
+    from tests.imagefiles import make_photo
+
+    paths = [f"class{i % 2}/photo_{i}.jpg" for i in range(6)]
+    for i, rel in enumerate(paths):
+        make_photo(tmp_path / "images" / rel, (96, 72), seed=i)
+    embed = ("embed", tmp_path / "images", "--weights", "random", "--no-progress")
+    code, output = run(*embed, "-o", tmp_path / "emb", "--pooling", "rmac", "--tta", "flip")
+    assert code == 0 and "pool5/rmac 256-d embeddings, test-time augmentation flip" in output, output
+    code, output = run("index", "build", tmp_path / "emb", "-o", tmp_path / "idx")
+    assert code == 0 and "augmented over 10 neighbours" in output, output
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert (info["augment"], info["embedding_metadata"]["pooling"], info["embedding_metadata"]["tta"]) == (
+        10,
+        "rmac",
+        "flip",
+    )
+    code, output = run("search", tmp_path / "idx", "--image", tmp_path / "images" / paths[2], "-k", "6", "--json")
+    assert code == 0, output
+    hits = json.loads(output)["results"]
+    index_dir = open_index_dir(tmp_path / "idx")
+    stored = dict(zip(index_dir.lookup.paths, ops.reconstruct(index_dir.index, index_dir.lookup.ids)))
+    same = FeatureExtractor("random", pooling="rmac", tta="flip").embed_paths([str(tmp_path / "images" / paths[2])])[0]
+    plain = FeatureExtractor("random", pooling="rmac").embed_paths([str(tmp_path / "images" / paths[2])])[0]
+    query = Searcher(tmp_path / "idx").expand(same, expansion.DEFAULT_EXPAND)  # the default αQE, as the CLI does
+    np.testing.assert_allclose(
+        [h["score"] for h in hits], [float(query[0] @ stored[h["path"]]) for h in hits], atol=1e-5
+    )
+    assert abs(float(plain[0] @ same[0]) - 1) > 1e-4  # the plain settings would give another query vector
+    # a dataset made with the plain settings cannot join this index
+    code, output = run(*embed, "-o", tmp_path / "plain", "--pooling", "rmac")
+    assert code == 0, output
+    code, output = run("index", "add", tmp_path / "idx", tmp_path / "plain")
+    assert code == 1 and "tta: flip != none" in output, output
