@@ -228,6 +228,7 @@ def build_index_dir(
     """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says.
     ``augment`` > 1 applies database-side augmentation over that many neighbours (see :func:`build_index`);
     the dataset itself is never changed."""
+    augment = check_count(augment, "augment")  # before anything is created
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
     with index_lock(out):
         start = time.perf_counter()

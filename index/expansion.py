@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import faiss
 import numpy as np
 
+from extractor.errors import AlexfeatError
 from index import ops
 
 ALPHA = 3.0  # the similarity exponent (Radenović et al.; measured on the dev set, see README "Search quality")
@@ -36,9 +37,9 @@ def weighted_sum(vectors: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, 
 
 
 def check_count(k: int, what: str) -> int:
-    """``k`` as a non-negative int; ValueError naming ``what`` otherwise (the CLI's ranges catch it first)."""
-    if int(k) != k or k < 0:
-        raise ValueError(f"{what} must be a whole number of neighbours >= 0, got {k}")
+    """``k`` as a non-negative int; AlexfeatError naming ``what`` otherwise (the CLI's ranges catch it first)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise AlexfeatError(f"{what} must be a whole number of neighbours >= 0 (0: off), got {k!r}")
     return int(k)
 
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from extractor.cli import main
+from extractor.errors import AlexfeatError
 from index import cli as index_cli
 from index import expansion, ops
 from index.build import build_index, build_index_dir
@@ -142,6 +143,13 @@ def test_expanded_search_by_id_keeps_the_item_first_and_equals_the_formula(
     )
     raw = searcher.search(paths=[paths[4]], k=5, expand=0).results[0]
     assert raw.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(AlexfeatError, match="expand must be a whole number of neighbours >= 0"):
+        searcher.search(paths=[paths[4]], expand=-1)
+    with pytest.raises(AlexfeatError, match="augment must be a whole number"):
+        build_index_dir(emb, tmp_path / "other", augment=2.5)  # type: ignore[arg-type]
+    assert not (tmp_path / "other").exists()
+    code, output = run("search", tmp_path / "idx", "--path", paths[4], "--expand", "-1")
+    assert code == 2 and "--expand" in output
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
