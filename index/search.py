@@ -52,6 +52,10 @@ class QueryResult:
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "results": [hit.as_dict() for hit in self.hits]}
 
+    def first(self, k: int) -> QueryResult:
+        """The same query with its ``k`` nearest hits."""
+        return replace(self, hits=self.hits[:k])
+
 
 @dataclass
 class SearchResults:
@@ -118,32 +122,42 @@ class Searcher:
             )
         return results
 
-    def _by_ids(self, ids: np.ndarray, k: int, expand: int) -> list[QueryResult]:
+    def _by_ids(self, ids: np.ndarray, k: int, exclude_self: bool, expand: int) -> list[QueryResult]:
         stored = ops.reconstruct(self.dir.index, ids)
-        vectors = self.expand(stored, expand, exclude=ids)
+        vectors = self.expand(stored, expand, exclude=ids)  # the item is not its own neighbour
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
         found = self.search_vectors(vectors, k + TIE_SLACK, expand=0)  # room for the item among exact duplicates
         results = []
         for i, p, hits, own_score in zip(ids.tolist(), pos.tolist(), found, (vectors * stored).sum(axis=1).tolist()):
-            if expand:  # an expanded query may sit nearer a neighbour than the item: the item still comes first
+            if exclude_self:
+                hits = _without(hits, i)
+            elif expand:  # an expanded query may sit nearer a neighbour than the item: the item still comes first
                 own = Hit(1, i, lookup.paths[p], lookup.labels[p], own_score)
-                hits = [own] + [replace(h, rank=r) for r, h in enumerate((h for h in hits if h.id != i), 2)]
-            results.append(QueryResult({"id": i, "path": lookup.paths[p]}, _self_first(hits, i)[:k]))
+                hits = [own] + _without(hits, i)
+                hits = [replace(h, rank=rank) for rank, h in enumerate(hits, 1)]
+            else:
+                hits = _self_first(hits, i)
+            results.append(QueryResult({"id": i, "path": lookup.paths[p]}, hits).first(k))
         return results
 
-    def search_ids(self, ids: Sequence[int], k: int = 10, expand: int = DEFAULT_EXPAND) -> list[QueryResult]:
-        """Neighbours of indexed items given by id (the item itself comes first), the stored vector expanded
-        with its top-``expand`` other neighbours (αQE; 0: raw neighbours)."""
+    def search_ids(
+        self, ids: Sequence[int], k: int = 10, exclude_self: bool = False, expand: int = DEFAULT_EXPAND
+    ) -> list[QueryResult]:
+        """Neighbours of indexed items given by id: the item itself comes first, or with ``exclude_self`` is left
+        out. The stored vector is first expanded with its top-``expand`` other neighbours (αQE; 0: raw)."""
         wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
-        return self._by_ids(wanted, k, expand)
+        return self._by_ids(wanted, k, exclude_self, expand)
 
-    def search_paths(self, paths: Sequence[str], k: int = 10, expand: int = DEFAULT_EXPAND) -> list[QueryResult]:
-        """Neighbours of indexed items given by their path relative to the embedded folder (see search_ids)."""
+    def search_paths(
+        self, paths: Sequence[str], k: int = 10, exclude_self: bool = False, expand: int = DEFAULT_EXPAND
+    ) -> list[QueryResult]:
+        """Neighbours of indexed items given by their path relative to the embedded folder (``exclude_self``,
+        ``expand``: as :meth:`search_ids`)."""
         resolve_targets(self.dir, paths=paths)
         by_path = self.dir.lookup.path_to_id()
-        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, expand)
+        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, exclude_self, expand)
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -159,17 +173,28 @@ class Searcher:
             return self._extractor
 
     def search_images(
-        self, files: Sequence[str | os.PathLike[str]], k: int = 10, expand: int = DEFAULT_EXPAND
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        k: int = 10,
+        exclude_self: bool = False,
+        expand: int = DEFAULT_EXPAND,
     ) -> SearchResults:
         """Neighbours of image files, embedded with the model recorded in the index and expanded with their
-        top-``expand`` neighbours (αQE; 0: raw). Files that cannot be decoded are reported in ``errors``."""
+        top-``expand`` neighbours (αQE; 0: raw). Files that cannot be decoded are reported in ``errors`` and
+        skipped. With ``exclude_self``, a query file that is itself indexed (the same file under the recorded
+        root) is left out of its own results (and of its expansion)."""
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
         vectors, ok, errors = self.extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k, expand) if len(ok) else []
+        own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
+        exclude = np.array([-1 if i is None else i for i in own], dtype=np.int64) if exclude_self else None
+        if len(ok):
+            vectors = self.expand(vectors, expand, exclude)
+        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0), expand=0) if len(ok) else []
         results = [
-            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)
+            QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
+            for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
         return SearchResults(results, list(errors))
 
@@ -180,22 +205,44 @@ class Searcher:
         paths: Sequence[str] = (),
         queries_dir: str | os.PathLike[str] | None = None,
         k: int = 10,
+        exclude_self: bool = False,
         expand: int = DEFAULT_EXPAND,
     ) -> SearchResults:
-        """Neighbours of one kind of query: image files, indexed ids, indexed paths, or every image in
-        ``queries_dir``, each query expanded with its top-``expand`` neighbours first (αQE; 0: raw neighbours).
-        Image queries that cannot be decoded are reported in ``errors`` (and have no result)."""
-        kinds = [name for name, given in (("images", images), ("ids", ids), ("paths", paths)) if len(given)]
-        kinds += ["queries_dir"] if queries_dir is not None else []
-        if len(kinds) != 1:
-            raise AlexfeatError(
-                f"give one kind of query: images, ids, paths or queries_dir (got {', '.join(kinds) or 'none'})"
-            )
+        """Neighbours of any mix of queries, answered in this order: indexed ids, indexed paths, image files, then
+        every image in ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have
+        no result). ``exclude_self`` leaves each query's own item out of its results; each query is first expanded
+        with its top-``expand`` neighbours (αQE; 0: raw nearest neighbours)."""
+        if not (len(images) or len(ids) or len(paths) or queries_dir is not None):
+            raise AlexfeatError("give at least one query: images, ids, paths or queries_dir")
+        results = SearchResults([])
         if len(ids):
-            return SearchResults(self.search_ids(ids, k, expand))
+            results.results += self.search_ids(ids, k, exclude_self, expand)
         if len(paths):
-            return SearchResults(self.search_paths(paths, k, expand))
-        return self.search_images(list(images) if queries_dir is None else query_files(queries_dir), k, expand)
+            results.results += self.search_paths(paths, k, exclude_self, expand)
+        files = list(images) + (query_files(queries_dir) if queries_dir is not None else [])
+        if files:
+            found = self.search_images(files, k, exclude_self, expand)
+            results.results += found.results
+            results.errors += found.errors
+        return results
+
+    def _indexed_ids(self, files: Sequence[str]) -> list[int | None]:
+        """The id of each file if it is an indexed item (under the recorded root), else None."""
+        from extractor.images.discover import stored_name
+
+        if self.dir.meta.root is None:  # a dataset written from Python without a root: no file is indexed
+            return [None] * len(files)
+        root = Path(self.dir.meta.root).resolve()
+        by_path = self.dir.lookup.path_to_id()
+        found: list[int | None] = []
+        for name in files:
+            try:
+                rel = Path(name).resolve().relative_to(root)
+            except ValueError:
+                found.append(None)
+                continue
+            found.append(by_path.get(stored_name(rel.as_posix())))
+        return found
 
 
 def search_index(
@@ -206,10 +253,11 @@ def search_index(
     queries_dir: str | os.PathLike[str] | None = None,
     k: int = 10,
     weights: str | None = None,
+    exclude_self: bool = False,
     expand: int = DEFAULT_EXPAND,
 ) -> SearchResults:
     """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
-    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, expand)
+    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, exclude_self, expand)
 
 
 def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
@@ -220,6 +268,13 @@ def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
     if not files:
         raise AlexfeatError(f"{queries_dir} holds no image files")
     return files
+
+
+def _without(hits: list[Hit], item_id: int | None) -> list[Hit]:
+    """``hits`` without the item ``item_id`` (ranks renumbered)."""
+    if item_id is None:
+        return hits
+    return [replace(h, rank=rank) for rank, h in enumerate((h for h in hits if h.id != item_id), 1)]
 
 
 def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:

@@ -25,7 +25,8 @@ from extractor.parallel.stream import usable_cpus
     "--weights",
     default=None,
     metavar="SOURCE",
-    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: $ALEXFEAT_WEIGHTS or imagenet.",
+    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: on a rerun the dataset's own, else "
+    "$ALEXFEAT_WEIGHTS or imagenet.",
 )
 @click.option(
     "--arch",
@@ -33,13 +34,19 @@ from extractor.parallel.stream import usable_cpus
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(LAYERS), default=LAYERS[0], show_default=True)
+@click.option(
+    "--layer",
+    type=click.Choice(LAYERS),
+    default=None,
+    help=f"Default: {LAYERS[0]} (on a rerun: the dataset's own).",
+)
 @click.option(
     "--pooling",
     type=click.Choice(list(POOLINGS)),
-    default=DEFAULT_POOLING,
-    show_default=True,
-    help="Global pooling of pool5 (ignored with fc6/fc7): "
+    default=None,
+    help="Global pooling of pool5 (ignored with fc6/fc7; default "
+    + DEFAULT_POOLING
+    + ", on a rerun the dataset's own): "
     + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
     + ".",
 )
@@ -54,9 +61,9 @@ from extractor.parallel.stream import usable_cpus
 @click.option(
     "--tta",
     type=click.Choice(TTAS),
-    default=TTAS[0],
-    show_default=True,
-    help="Test-time augmentation: flip embeds each image as the mean of it and its mirror (twice the inference).",
+    default=None,
+    help="Test-time augmentation: flip embeds each image as the mean of it and its mirror (twice the inference). "
+    f"Default: {TTAS[0]} (on a rerun: the dataset's own).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -86,7 +93,7 @@ from extractor.parallel.stream import usable_cpus
 @click.option(
     "--retry-errors",
     is_flag=True,
-    help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
+    help="Try again files that failed before (see `alexfeat errors`) even when unchanged (e.g. after raising "
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
@@ -103,10 +110,10 @@ def embed(
     out_dir: str,
     weights: str | None,
     arch: str | None,
-    layer: str,
-    pooling: str,
+    layer: str | None,
+    pooling: str | None,
     resize: str | None,
-    tta: str,
+    tta: str | None,
     batch_size: int,
     workers: int,
     rows_per_part: int | None,
@@ -120,8 +127,8 @@ def embed(
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
 
-    Reruns embed only new and changed files. Files that cannot be embedded are recorded in
-    OUT_DIR/_errors.parquet and never stop the job.
+    Reruns embed only new and changed files, with the model the dataset recorded (no options needed). Files that
+    cannot be embedded are recorded (list them with `alexfeat errors OUT_DIR`) and never stop the job.
     """
     from extractor.embed.job import embed_folder
 
@@ -147,7 +154,27 @@ def embed(
     )
     meta = summary.meta
     assert meta is not None
-    tta = "" if meta.tta == "none" else f", test-time augmentation {meta.tta}"
-    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings{tta}")
-    for line in summary.lines():
+    if summary.changed:
+        augmented = "" if meta.tta == "none" else f", test-time augmentation {meta.tta}"
+        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings{augmented}")
+    for line in summary.lines(out_dir):
         click.echo(line)
+
+
+@click.command()
+@click.argument("emb_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, error, message, size, mtime_ns}.")
+def errors(emb_dir: str, as_json: bool) -> None:
+    """List the files of the dataset EMB_DIR that could not be embedded, with the reason."""
+    import json
+
+    from extractor.store import read_errors
+    from extractor.util.textsafe import text_cell
+
+    records = read_errors(emb_dir).to_pylist()
+    if as_json:
+        click.echo(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    for record in records:  # one line each: control characters in names escaped (JSON keeps them exact)
+        click.echo(f"{text_cell(record['path'])}\t{record['error']}\t{text_cell(record['message'])}")
+    click.echo(f"{len(records)} file(s) could not be embedded" if records else "no errors recorded", err=True)

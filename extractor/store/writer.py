@@ -26,6 +26,7 @@ from extractor.store.layout import (
     ErrorRecord,
     arrow_schema,
     default_rows_per_part,
+    errors_file_table,
     list_parts,
     part_name,
     part_number,
@@ -33,7 +34,7 @@ from extractor.store.layout import (
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import path_id, path_ids
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
-from extractor.store.reader import read_errors, read_meta
+from extractor.store.reader import errors_layout_is_current, read_errors, read_meta
 from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class DatasetWriter:
         errors = read_errors(self.out_dir).to_pylist()
         self._set_errors(ErrorRecord(**row) for row in errors)
         self._errors_dirty = self._forget_embedded_errors(self._known) > 0
+        self._errors_dirty |= bool(self._errors) and not errors_layout_is_current(self.out_dir, self.schema)
 
     # -- public API
 
@@ -360,7 +362,7 @@ class DatasetWriter:
         target = self.out_dir / ERRORS_NAME
         if self._errors:
             rows = [dataclasses.asdict(self._errors[p]) for p in sorted(self._errors)]
-            table = pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA.with_metadata(self.schema.metadata))
+            table = errors_file_table(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), self.schema)
             write_parquet_atomic(table, target, self.compression)
         elif target.exists():
             target.unlink()

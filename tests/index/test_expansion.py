@@ -141,6 +141,8 @@ def test_expanded_search_by_id_keeps_the_item_first_and_equals_the_formula(
     np.testing.assert_allclose(
         [h.score for h in result.hits], vectors[[4] + [h for h in order if h != 4][:4]] @ query[0], atol=1e-5
     )
+    excluded = searcher.search(paths=[paths[4]], k=4, exclude_self=True, expand=3).results[0]
+    assert [(h.rank, h.path) for h in excluded.hits] == [(h.rank - 1, h.path) for h in result.hits[1:]]
     raw = searcher.search(paths=[paths[4]], k=5, expand=0).results[0]
     assert raw.hits[0].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(AlexfeatError, match="expand must be a whole number of neighbours >= 0"):
