@@ -288,20 +288,6 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    recorded = searcher.dir.meta.root
-    if override is not None:
-        root = Path(override)
-    elif recorded is not None:
-        root = Path(recorded)
-    else:
-        raise AlexfeatError(
-            "the index records no images folder (its embeddings were written without one); pass --images-root "
-            "with the folder that was embedded"
-        )
-    if not root.is_dir():
-        source = "given with --images-root" if override is not None else "recorded in the index"
-        raise AlexfeatError(
-            f"the images folder {root} ({source}) does not exist here; pass --images-root with "
-            "the folder that was embedded"
-        )
-    return root
+    from index.verify import images_root as dataset_images_root
+
+    return dataset_images_root(searcher.dir.meta.root, override, "the index")

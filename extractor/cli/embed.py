@@ -9,18 +9,12 @@ from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
+from extractor.util.cli_options import output_dir_option, progress_option
 
 
 @click.command()
 @click.argument("images_dir", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Dataset directory (created; rerunning resumes it).",
-)
+@output_dir_option("Dataset directory (created; rerunning resumes it).")
 @click.option(
     "--weights",
     default=None,
@@ -104,7 +98,7 @@ from extractor.parallel.stream import usable_cpus
     help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
     "loops never are).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def embed(
     images_dir: str,
     out_dir: str,
