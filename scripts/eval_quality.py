@@ -228,7 +228,8 @@ def main() -> None:
         f"{len(labels)} images, {len(set(labels))} classes; reference (docs/design.md, caffe pool5 avg): "
         + ", ".join(f"{k} {v:.3f}" for k, v in REFERENCE.items())
     )
-    print(f"{'embedding':<58} {'D':>5} {'P@10':>6} {'mAP':>6} {'probe':>6} {'embed s':>8}")
+    if rows:
+        print(f"{'embedding':<58} {'D':>5} {'P@10':>6} {'mAP':>6} {'probe':>6} {'embed s':>8}")
     for desc, dim, scores, seconds in rows:
         print(
             f"{desc:<58} {dim:>5} {scores['P@10']:>6.3f} {scores['mAP']:>6.3f} {scores['probe']:>6.3f} {seconds:>8.1f}"
