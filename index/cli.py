@@ -66,13 +66,29 @@ def index_group() -> None:
 )
 @click.option(
     "--augment",
-    default=DEFAULT_AUGMENT,
-    show_default=True,
+    default=None,
     type=click.IntRange(0),
     metavar="K",
     help="Database-side augmentation: store each vector as the similarity^3-weighted sum of its K nearest "
-    "neighbours (itself included); better search. 0: the raw vectors. The dataset is not changed.",
+    f"neighbours (itself included); better search. 0: the raw vectors. The dataset is not changed. Default: "
+    f"{DEFAULT_AUGMENT} (0 with --shards, which cannot augment).",
 )
+@click.option(
+    "--shards",
+    default=None,
+    type=click.IntRange(1),
+    help="Train once, add the dataset in N shards independently, merge them on disk into index.ivfdata "
+    "(read-only; for indexes larger than memory). Needs an inverted file (IVF...); below the IVF threshold, "
+    "auto builds the exact index in one piece.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --shards: add the shards here, one after the other, or as Ray tasks (files on a shared file system).",
+)
+@click.option("--address", default=None, metavar="auto|ray://HOST:10001", help="With --engine ray: the cluster.")
 @progress_option
 def build(
     emb_dir: str,
@@ -80,16 +96,39 @@ def build(
     factory: str,
     memory_budget: int | None,
     target_recall: float,
-    augment: int,
+    augment: int | None,
+    shards: int | None,
+    engine: str,
+    address: str | None,
     progress: bool | None,
 ) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress, augment)
-    augmented = f" augmented over {built.info['augment']} neighbours" if built.info["augment"] else ""
+    if shards is None and (engine != "local" or address):
+        raise click.UsageError("--engine and --address only apply with --shards")
+    if shards is not None and augment is not None and augment > 1:
+        raise click.UsageError("--augment needs an index built in one piece: leave it out with --shards")
+    if shards is None:
+        built = build_index_dir(
+            emb_dir,
+            out_dir,
+            factory,
+            memory_budget,
+            target_recall,
+            progress,
+            DEFAULT_AUGMENT if augment is None else augment,
+        )
+    else:
+        from index.sharded import build_sharded_index_dir
+
+        built = build_sharded_index_dir(
+            emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
+        )
+    sharded = f" in {built.info['shards']} shards merged on disk" if built.info.get("storage") == "ondisk" else ""
+    augmented = f" augmented over {built.info['augment']} neighbours" if built.info.get("augment") else ""
     click.echo(
-        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{augmented}, "
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}{augmented}, "
         f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
         f"built in {built.build_seconds:.1f} s"
     )

@@ -186,17 +186,18 @@ class Searcher:
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
-        vectors, ok, errors = self.extractor.embed_paths(names)
+        embedded = self.extractor.embed_images(names)
+        ok, vectors = embedded.indices, embedded.values
         own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
         exclude = np.array([-1 if i is None else i for i in own], dtype=np.int64) if exclude_self else None
-        if len(ok):
+        if ok:
             vectors = self.expand(vectors, expand, exclude)
-        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0), expand=0) if len(ok) else []
+        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0), expand=0) if ok else []
         results = [
             QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
             for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
-        return SearchResults(results, list(errors))
+        return SearchResults(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
 
     def search(
         self,

@@ -153,10 +153,10 @@ def new_image_precision(index_dir: Path, files: list[str], labels: list[str], ex
     searcher = Searcher(index_dir)
     key = json.dumps(searcher.dir.info["embedding_metadata"], sort_keys=True)
     if key not in cache:  # what Searcher.search_images does: embed with the recorded model, then search
-        vectors, ok, errors = searcher.extractor.embed_paths(files)
-        if errors:
-            raise SystemExit(f"held-out images failed: {errors[:3]}")
-        cache[key] = vectors
+        embedded = searcher.extractor.embed_images(files)
+        if embedded.failures:
+            raise SystemExit(f"held-out images failed: {embedded.failures[:3]}")
+        cache[key] = embedded.values
     found = searcher.search_vectors(cache[key], k=10, expand=expand)
     return float(np.mean([[hit.label == label for hit in hits] for hits, label in zip(found, labels)]))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
@@ -98,6 +100,34 @@ from extractor.util.cli_options import output_dir_option, progress_option
     help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
     "loops never are).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: decode processes and TensorFlow on this machine; ray: Ray Data tasks and actors on a Ray "
+    "cluster (pip install 'alexfeat[ray]'; see docs/scale.md).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="auto|ray://HOST:10001",
+    help="With --engine ray: the cluster to join (auto: the one this machine belongs to). Default: a local Ray "
+    "instance started for the job.",
+)
+@click.option(
+    "--num-actors",
+    default=None,
+    type=click.IntRange(1),
+    help="With --engine ray: inference actors (default: 3/4 of the cluster's CPUs / --cpus-per-actor).",
+)
+@click.option(
+    "--cpus-per-actor",
+    default=1.5,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
+)
 @progress_option
 def embed(
     images_dir: str,
@@ -117,6 +147,10 @@ def embed(
     retry_errors: bool,
     overwrite: bool,
     follow_outside: bool,
+    engine: str,
+    address: str | None,
+    num_actors: int | None,
+    cpus_per_actor: float,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -126,6 +160,19 @@ def embed(
     """
     from extractor.embed.job import embed_folder
 
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
+    given = [name for name, value in ray_only.items() if value]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    from extractor.embed.local import LocalEngine
+
+    runner: Any = LocalEngine()
+    if engine == "ray":
+        from extractor.embed.ray_engine import RayEngine
+        from extractor.parallel.ray_cluster import import_ray
+
+        import_ray()  # not installed: say how, before the model loads
+        runner = RayEngine(address, num_actors, cpus_per_actor)
     summary = embed_folder(
         images_dir,
         out_dir,
@@ -145,6 +192,7 @@ def embed(
         overwrite=overwrite,
         follow_outside=follow_outside,
         progress=progress,
+        engine=runner,
     )
     meta = summary.meta
     assert meta is not None

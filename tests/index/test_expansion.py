@@ -152,6 +152,8 @@ def test_expanded_search_by_id_keeps_the_item_first_and_equals_the_formula(
     assert not (tmp_path / "other").exists()
     code, output = run("search", tmp_path / "idx", "--path", paths[4], "--expand", "-1")
     assert code == 2 and "--expand" in output
+    code, output = run("index", "build", emb, "-o", tmp_path / "sharded", "--shards", "2", "--augment", "5")
+    assert code == 2 and "--augment needs an index built in one piece" in output
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
@@ -212,8 +214,9 @@ def test_search_by_image_on_an_augmented_rmac_flip_index_embeds_with_the_recorde
     hits = json.loads(output)["results"]
     index_dir = open_index_dir(tmp_path / "idx")
     stored = dict(zip(index_dir.lookup.paths, ops.reconstruct(index_dir.index, index_dir.lookup.ids)))
-    same = FeatureExtractor("random", pooling="rmac", tta="flip").embed_paths([str(tmp_path / "images" / paths[2])])[0]
-    plain = FeatureExtractor("random", pooling="rmac").embed_paths([str(tmp_path / "images" / paths[2])])[0]
+    query_file = [str(tmp_path / "images" / paths[2])]
+    same = FeatureExtractor("random", pooling="rmac", tta="flip").embed_images(query_file).values
+    plain = FeatureExtractor("random", pooling="rmac").embed_images(query_file).values
     query = Searcher(tmp_path / "idx").expand(same, expansion.DEFAULT_EXPAND)  # the default αQE, as the CLI does
     np.testing.assert_allclose(
         [h["score"] for h in hits], [float(query[0] @ stored[h["path"]]) for h in hits], atol=1e-5
