@@ -139,4 +139,10 @@ def test_the_cli_choices_are_the_tables():
     from extractor.cli.embed import embed
 
     choices = {p.name: list(p.type.choices) for p in embed.params if hasattr(p.type, "choices")}
-    assert choices == {"arch": list(ARCHS), "layer": list(LAYERS), "pooling": list(POOLINGS), "tta": list(TTAS)}
+    assert choices == {
+        "arch": list(ARCHS),
+        "layer": list(LAYERS),
+        "pooling": list(POOLINGS),
+        "tta": list(TTAS),
+        "engine": ["local", "ray"],
+    }
