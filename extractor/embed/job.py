@@ -154,6 +154,7 @@ def embed_folder(
     layer: str | None = None,
     pooling: str | None = None,
     resize: str | None = None,
+    tta: str | None = None,
     precision: str = "auto",
     **options: Any,
 ) -> EmbedSummary:
@@ -161,11 +162,11 @@ def embed_folder(
     changed files), as ``alexfeat embed`` does.
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them (default: pool5 and
-    GeM). Into an existing dataset, what is left out is taken from its metadata (a rerun needs no model options)
-    and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`). ``precision`` (``auto``,
-    ``float32``, ``bfloat16``) is this run's, whatever the dataset holds (the two are compatible); the summary says
-    which ran and why. ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``, ``tta``: as :class:`FeatureExtractor` takes them (default: pool5,
+    GeM, no test-time augmentation). Into an existing dataset, what is left out is taken from its metadata (a rerun
+    needs no model options) and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`).
+    ``precision`` (``auto``, ``float32``, ``bfloat16``) is this run's, whatever the dataset holds (the two are
+    compatible); the summary says which ran and why. ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``,
     ``engine``: ``LocalEngine()`` or ``RayEngine(...)``). It
@@ -173,7 +174,7 @@ def embed_folder(
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
     extractor = extractor_for(
-        out_dir, weights, arch, layer, pooling, resize, precision, overwrite=options.get("overwrite", False)
+        out_dir, weights, arch, layer, pooling, resize, tta, precision, overwrite=options.get("overwrite", False)
     )
     return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 

@@ -36,6 +36,7 @@ class EmbeddingMeta:
     input_size: int
     resize: str
     dim: int
+    tta: str = "none"  # test-time augmentation: "none", or "flip" (the mean of the image's and its mirror's vectors)
     # "float32" or "bfloat16": how the network ran (vectors of the two agree to cosine >= 0.9999, so a dataset may
     # hold both); files written before the field existed are float32.
     precision: str = field(default="float32", metadata=_NOT_COMPARED)
