@@ -154,3 +154,16 @@ def test_bfloat16_agrees_with_float32_on_real_photos(arch, dev_images, caffe_wei
             vectors[precision] = found.values
         cosines = _cosines(vectors["float32"], vectors["bfloat16"])
         assert cosines.min() >= 0.9999, (arch, layer, pooling, cosines.min())
+
+
+@pytest.mark.parametrize(("pooling", "tta"), [("rmac", "none"), ("gem", "flip")])
+def test_rmac_and_tta_run_in_bfloat16_and_agree_with_float32(pooling, tta):
+    from extractor.network.features import FeatureExtractor
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 227, 227, 3), dtype=np.uint8)
+    vectors = {
+        precision: FeatureExtractor("random", "caffe", pooling=pooling, tta=tta, precision=precision)(images)
+        for precision in ("float32", "bfloat16")
+    }
+    assert vectors["bfloat16"].dtype == np.float32
+    assert _cosines(vectors["float32"], vectors["bfloat16"]).min() > 0.9999
