@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "index": "index.cli:index_group",
     "search": "index.cli:search",
     "dedup": "index.cli:dedup",
+    "serve": "index.serve.cli:serve",
     "train": "extractor.cli.heads:train",
     "predict": "extractor.cli.heads:predict",
     "export": "extractor.cli.heads:export",

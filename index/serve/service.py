@@ -1,0 +1,179 @@
+"""What the HTTP service does, without HTTP: an index and its model loaded once, queries by id, path and image.
+
+``SearchService`` holds a ``Searcher``, the FeatureExtractor the index was embedded with and one micro-batching
+inference thread. Image queries are decoded by the caller's thread (``decode``) and embedded and searched in
+batches (``submit_image``); queries by id or path never go through that thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractor.errors import AlexfeatError
+from extractor.images.decode import DEFAULT_MAX_PIXELS
+from index.search import Hit, QueryResult, Searcher, images_root
+from index.serve.batcher import MicroBatcher
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+THUMB_SIZES = (16, 1024)  # the smallest and largest thumbnail side served
+THUMB_CACHE = 2048  # thumbnails kept in memory
+
+
+class NotFound(AlexfeatError):
+    """An id, path or image the index does not hold (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The settings of ``alexfeat serve`` (``images_root`` and ``weights`` default to what the index recorded)."""
+
+    index_dir: str | os.PathLike[str]
+    images_root: str | os.PathLike[str] | None = None
+    weights: str | None = None
+    max_upload_mb: float = 20.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class ImageModel:
+    """The index's embedding model for query images: file bytes → pixels, a batch of pixels → vectors.
+
+    The one place that knows how a query image becomes a vector (decode as embed does, then the FeatureExtractor
+    recorded in the index).
+    """
+
+    def __init__(self, searcher: Searcher, weights: str | None, max_pixels: int) -> None:
+        from extractor.network.features import FeatureExtractor
+
+        self.extractor = FeatureExtractor.from_metadata(searcher.dir.info["embedding_metadata"], weights=weights)
+        self.max_pixels = max_pixels
+        self.extractor.warm_up()
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """RGB uint8 pixels at the network's input size; ``DecodeError`` for a bad or oversized image."""
+        from extractor.images.decode import decode_image
+
+        return decode_image(data, self.extractor.resize_spec, self.max_pixels).pixels
+
+    def embed(self, pixels: list[np.ndarray]) -> np.ndarray:
+        return self.extractor(np.stack(pixels))
+
+
+class SearchService:
+    """An index directory served: load once (index, model, inference thread), then query from many threads."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        from extractor.network.tf_runtime import import_tensorflow
+
+        self.config = config
+        self.searcher = Searcher(config.index_dir)
+        self.images_root = self._find_images_root(config.images_root)
+        self._path_to_id = self.searcher.dir.lookup.path_to_id()
+        import_tensorflow()
+        self.model = ImageModel(self.searcher, config.weights, config.max_pixels)
+        self.batcher: MicroBatcher[tuple[np.ndarray, int], list[Hit]] = MicroBatcher(
+            self._embed_and_search, config.max_batch, config.batch_wait_ms / 1000, name="alexfeat-inference"
+        )
+        self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
+
+    def _find_images_root(self, override: str | os.PathLike[str] | None) -> Path | None:
+        """The images folder for thumbnails; None (with a warning) when the recorded one is not on this machine."""
+        if override is not None:
+            return images_root(self.searcher, override)  # a wrong --images-root is an error
+        try:
+            return images_root(self.searcher)
+        except AlexfeatError as exc:
+            log.warning("no thumbnails: %s", exc)
+            return None
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def info(self) -> dict[str, Any]:
+        """What ``/api/info`` shows: the index (count, dim, factory, tuning) and the model."""
+        info = self.searcher.dir.info
+        return {
+            "index": str(self.searcher.dir.path),
+            "count": self.searcher.count,
+            "dim": self.searcher.dim,
+            "factory": info["factory"],
+            "search_params": self.searcher.dir.search_params,
+            "recall_at_10": info.get("recall_at_10"),
+            "model": self.model.extractor.spec.as_dict(),
+            "images_root": str(self.images_root) if self.images_root else None,
+            "max_k": MAX_K,
+            "max_upload_mb": self.config.max_upload_mb,
+            "max_pixels": self.config.max_pixels,
+        }
+
+    def search_id(self, item_id: int, k: int = 10) -> QueryResult:
+        """Neighbours of an indexed item; ``NotFound`` for an id the index does not hold."""
+        if not bool(self.searcher.dir.lookup.contains(np.asarray([item_id], dtype=np.int64))[0]):
+            raise NotFound(f"id {item_id} is not in the index (ids are the dataset's `id` column)")
+        return self.searcher.search_ids([item_id], _checked_k(k))[0]
+
+    def search_path(self, path: str, k: int = 10) -> QueryResult:
+        """Neighbours of an indexed item by its path relative to the embedded folder."""
+        item_id = self._path_to_id.get(path)
+        if item_id is None:
+            raise NotFound(f"path {path!r} is not in the index (paths are relative to the embedded folder)")
+        return self.search_id(item_id, k)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode an uploaded image (in the caller's thread); ``DecodeError`` for bad input."""
+        return self.model.decode(data)
+
+    def submit_image(self, pixels: np.ndarray, k: int = 10) -> Future[list[Hit]]:
+        """Queue decoded pixels for the next inference batch; the future gets the ``k`` nearest hits."""
+        return self.batcher.submit((pixels, _checked_k(k)))
+
+    def search_image(self, data: bytes, k: int = 10, name: str = "upload") -> QueryResult:
+        """Decode, embed (batched with concurrent queries) and search one image file's bytes; blocks."""
+        hits = self.submit_image(self.decode(data), k).result()
+        return QueryResult({"image": name}, hits)
+
+    def _embed_and_search(self, items: list[tuple[np.ndarray, int]]) -> list[list[Hit]]:
+        start = time.perf_counter()
+        vectors = self.model.embed([pixels for pixels, _ in items])
+        found = self.searcher.search_vectors(vectors, max(k for _, k in items))
+        log.debug("batch of %d in %.1f ms", len(items), 1000 * (time.perf_counter() - start))
+        return [hits[:k] for hits, (_, k) in zip(found, items)]
+
+    def _thumbnail(self, item_id: int, size: int) -> bytes:
+        """A JPEG of an indexed image, at most ``size`` pixels a side; only files of the index are opened."""
+        from index.html import thumbnail_jpeg
+
+        if not THUMB_SIZES[0] <= size <= THUMB_SIZES[1]:
+            raise AlexfeatError(f"size must be between {THUMB_SIZES[0]} and {THUMB_SIZES[1]}, got {size}")
+        lookup = self.searcher.dir.lookup
+        pos = int(lookup.positions([item_id])[0])
+        if pos < 0:
+            raise NotFound(f"id {item_id} is not in the index")
+        if self.images_root is None:
+            raise NotFound("the images folder recorded in the index is not on this machine: restart with --images-root")
+        jpeg = thumbnail_jpeg(self.images_root / lookup.paths[pos], size)
+        if jpeg is None:
+            raise NotFound(f"the image of id {item_id} ({lookup.paths[pos]}) cannot be read under {self.images_root}")
+        return jpeg
+
+
+def _checked_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise AlexfeatError(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
