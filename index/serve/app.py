@@ -148,7 +148,7 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     def service_of(request: Request) -> SearchService:
-        return request.app.state.service  # type: ignore[no-any-return]
+        return request.app.state.service
 
     async def lookup(fn: Any, *args: Any) -> Any:
         """Run an id/path query or a thumbnail in a worker thread; user errors become 404/400."""

@@ -16,7 +16,9 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise AlexfeatError(f"cannot resolve --host {host!r} ({exc.strerror}); use an address such as 127.0.0.1")
+        raise AlexfeatError(
+            f"cannot resolve --host {host!r} ({exc.strerror}); use an address such as 127.0.0.1"
+        ) from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
