@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import click
 
+from extractor.errors import AlexfeatError
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 
 
@@ -49,6 +52,11 @@ def serve(
     access_log: bool,
 ) -> None:
     """Serve INDEX_DIR over HTTP: a search page at / and a JSON API (/api/search, /docs)."""
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AlexfeatError(
+            f"alexfeat serve needs {', '.join(missing)}: install the serve extra (pip install 'alexfeat[serve]')"
+        )
     from index.serve.server import serve as run_server
     from index.serve.service import SearchService, ServeConfig
 
@@ -62,4 +70,6 @@ def serve(
         )
 
     config = ServeConfig(index_dir, images_root, weights, max_upload_mb, max_pixels)
-    run_server(config, host, port, access_log, on_ready=ready)
+    batches = run_server(config, host, port, access_log, on_ready=ready)
+    queries = sum(size * count for size, count in batches.items())
+    click.echo(f"stopped; served {queries:,} image queries in {sum(batches.values()):,} forward passes")

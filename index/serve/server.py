@@ -4,6 +4,7 @@ then answer; Ctrl+C stops it."""
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from collections.abc import Callable
 
 from extractor.errors import AlexfeatError
@@ -40,9 +41,10 @@ def serve(
     port: int = 8080,
     access_log: bool = False,
     on_ready: Callable[[SearchService, str], None] | None = None,
-) -> None:
-    """Serve ``config.index_dir`` on ``host:port`` until interrupted. ``on_ready(service, url)`` is called once the
-    index and the model are loaded, just before the port starts answering."""
+) -> Counter[int]:
+    """Serve ``config.index_dir`` on ``host:port`` until interrupted (Ctrl+C).
+    ``on_ready(service, url)`` is called once the index and the model are loaded, just before the port starts
+    answering. Returns the sizes of the inference batches run (size → count)."""
     import uvicorn
 
     from index.serve.app import create_app
@@ -56,8 +58,12 @@ def serve(
             server = uvicorn.Server(
                 uvicorn.Config(create_app(service), log_level="info", access_log=access_log, lifespan="on")
             )
-            server.run(sockets=[sock])
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn raises the signal again once it has shut down
+                pass
         finally:
             service.close()
+        return service.batcher.batch_sizes
     finally:
         sock.close()
