@@ -26,7 +26,7 @@ class MicroBatcher(Generic[T, R]):
     """Run ``fn(items) -> results`` (one result per item, in order) on batches of submitted items, in one thread.
 
     ``submit`` returns a ``concurrent.futures.Future``; a cancelled future's item is left out of its batch.
-    ``batch_sizes`` counts the batches run by size.
+    ``batch_sizes()`` counts the batches run so far by size.
     """
 
     def __init__(
@@ -41,7 +41,8 @@ class MicroBatcher(Generic[T, R]):
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait = max_wait
-        self.batch_sizes: Counter[int] = Counter()
+        self._sizes: Counter[int] = Counter()
+        self._sizes_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[T, Future[R]] | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -54,6 +55,11 @@ class MicroBatcher(Generic[T, R]):
         future: Future[R] = Future()
         self._queue.put((item, future))
         return future
+
+    def batch_sizes(self) -> Counter[int]:
+        """The batches run so far: size → count (a copy)."""
+        with self._sizes_lock:
+            return self._sizes.copy()
 
     def close(self) -> None:
         """Finish the queued items, then stop the worker thread."""
@@ -86,7 +92,8 @@ class MicroBatcher(Generic[T, R]):
             live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
             if not live:
                 continue
-            self.batch_sizes[len(live)] += 1
+            with self._sizes_lock:
+                self._sizes[len(live)] += 1
             try:
                 results = self.fn([item for item, _ in live])
             except BaseException as exc:  # the callers get the error; the worker keeps serving

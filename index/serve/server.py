@@ -43,13 +43,19 @@ def serve(
     on_ready: Callable[[SearchService, str], None] | None = None,
 ) -> Counter[int]:
     """Serve ``config.index_dir`` on ``host:port`` until interrupted (Ctrl+C).
+
     ``on_ready(service, url)`` is called once the index and the model are loaded, just before the port starts
-    answering. Returns the sizes of the inference batches run (size → count)."""
+    answering. Returns the sizes of the inference batches run (size → count). FAISS runs single-threaded in this
+    process: concurrent requests already run in parallel, and an OpenMP team per small query costs more than it
+    gives (9.5 → 0.8 ms per query by id measured on a busy 2-core machine).
+    """
+    import faiss
     import uvicorn
 
     from index.serve.app import create_app
 
     sock = bind(host, port)
+    faiss.omp_set_num_threads(1)
     try:
         service = SearchService(config)
         try:
@@ -64,6 +70,6 @@ def serve(
                 pass
         finally:
             service.close()
-        return service.batcher.batch_sizes
+        return service.batcher.batch_sizes()
     finally:
         sock.close()

@@ -106,7 +106,8 @@ class SearchService:
         self.batcher.close()
 
     def info(self) -> dict[str, Any]:
-        """What ``/api/info`` shows: the index (count, dim, factory, tuning) and the model."""
+        """What ``/api/info`` shows: the index (count, dim, factory, tuning), the model, the limits and the
+        inference batches run so far (size → count)."""
         info = self.searcher.dir.info
         return {
             "index": str(self.searcher.dir.path),
@@ -120,6 +121,7 @@ class SearchService:
             "max_k": MAX_K,
             "max_upload_mb": self.config.max_upload_mb,
             "max_pixels": self.config.max_pixels,
+            "batches": {str(size): n for size, n in sorted(self.batcher.batch_sizes().items())},
         }
 
     def search_id(self, item_id: int, k: int = 10) -> QueryResult:

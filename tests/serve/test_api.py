@@ -168,12 +168,12 @@ def test_unknown_route_and_docs(client: httpx.Client) -> None:
 
 def test_concurrent_image_queries_share_forward_passes(served: Served, client: httpx.Client) -> None:
     files = sorted(served.images.rglob("*.jpg"))[:12]
-    before = sum(served.service.batcher.batch_sizes.values())
+    before = sum(served.service.batcher.batch_sizes().values())
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         bodies = list(pool.map(lambda f: upload(client, f.read_bytes(), f.name, k=1).json(), files))
     for f, body in zip(files, bodies):
         assert body["results"][0]["path"] == f.relative_to(served.images).as_posix()
-    sizes = served.service.batcher.batch_sizes
+    sizes = served.service.batcher.batch_sizes()
     assert sum(sizes.values()) - before < len(files)  # fewer forward passes than queries
     assert max(sizes) > 1
 
