@@ -145,11 +145,12 @@ def build_index(
 def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:
     """The lookup rows (id, path, label, sha256) of ``dataset``, all or those at ``rows``."""
     pick = range(len(dataset)) if rows is None else rows.tolist()
+    paths, labels, sha256 = dataset.get_paths(), dataset.get_labels(), dataset.get_sha256()
     return Lookup.from_rows(
         dataset.ids if rows is None else dataset.ids[rows],
-        [dataset.paths[i] for i in pick],
-        [dataset.labels[i] for i in pick],
-        [dataset.sha256[i] for i in pick],
+        [paths[i] for i in pick],
+        [labels[i] for i in pick],
+        [sha256[i] for i in pick],
     )
 
 
@@ -177,7 +178,9 @@ def build_index_dir(
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start
-        built = build_index(dataset.vectors, dataset.ids, factory, memory_budget, target_recall, progress=progress)
+        built = build_index(
+            dataset.get_vectors(), dataset.ids, factory, memory_budget, target_recall, progress=progress
+        )
         built.phase_seconds = {"load": round(load_seconds, 3)} | built.phase_seconds
         info = index_info(built, dataset, emb_dir)
         start = time.perf_counter()

@@ -225,20 +225,20 @@ def search(
     from index.search import images_root as find_images_root
 
     searcher = Searcher(index_dir)
-    root = find_images_root(searcher, images_root) if html_file else None
+    root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     if ids:
         results = searcher.search_ids(list(ids), k)
     elif paths:
         results = searcher.search_paths(list(paths), k)
     else:
-        files = list(images) if images else _query_files(queries_dir)
+        files = list(images) if queries_dir is None else _query_files(queries_dir)
         results = _image_queries(searcher, files, k, weights)
     if as_json:
         for result in results:
             click.echo(json.dumps(result.as_dict()))
     else:
         _print_table(results, sys.stdout)
-    if html_file:
+    if html_file and root is not None:
         from index.html import write_page
 
         write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")

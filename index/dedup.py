@@ -67,6 +67,7 @@ class _UnionFind:
 
 def _range_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
     n, dim = vectors.shape
+    index: faiss.Index
     if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
     else:
@@ -114,8 +115,9 @@ def dedup_dataset(
     """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path."""
     dataset = load_dataset(emb_dir, columns=("id", "path"))
     groups = []
-    for rows in duplicate_groups(dataset.vectors, threshold, progress=progress):
-        groups.append(sorted(((int(dataset.ids[r]), dataset.paths[r]) for r in rows.tolist()), key=lambda m: m[1]))
+    paths = dataset.get_paths()
+    for rows in duplicate_groups(dataset.get_vectors(), threshold, progress=progress):
+        groups.append(sorted(((int(dataset.ids[r]), paths[r]) for r in rows.tolist()), key=lambda m: m[1]))
     groups.sort(key=lambda g: (-len(g), g[0][1]))
     return DedupReport(groups, len(dataset), threshold)
 

@@ -74,10 +74,6 @@ class Lookup:
         pick = order.tolist()
         return cls(ids, [paths[i] for i in pick], [labels[i] for i in pick], [sha256[i] for i in pick])
 
-    @classmethod
-    def empty(cls) -> Lookup:
-        return cls(np.empty(0, dtype=np.int64), [], [], [])
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -230,7 +226,7 @@ def write_index_dir(
             format_version=FORMAT_VERSION,
             files={name: (directory / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
         )
-        ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the DESIGN.md keys first
+        ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")
     except (OSError, RuntimeError) as exc:
         raise IndexDirError(f"cannot write the index to {directory} ({exc}); check the space and permissions") from None

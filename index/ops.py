@@ -71,8 +71,9 @@ def create(factory: str, dim: int) -> tuple[faiss.Index, str]:
 def prepare_direct_map(index: faiss.Index) -> None:
     """Give an inverted file that holds the ids a hash-table direct map (reconstruct and remove by id)."""
     inner = _unwrap(index)
-    if isinstance(inner, faiss.IndexIVF) and inner.direct_map.type != faiss.DirectMap.Hashtable:
-        inner.set_direct_map_type(faiss.DirectMap.Hashtable)
+    hashtable = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # faiss's stubs omit DirectMap
+    if isinstance(inner, faiss.IndexIVF) and inner.direct_map.type != hashtable:
+        inner.set_direct_map_type(hashtable)
 
 
 def train(index: faiss.Index, sample: np.ndarray) -> None:
@@ -108,21 +109,6 @@ def remove(index: faiss.Index, ids: Iterable[int]) -> int:
     return int(index.remove_ids(faiss.IDSelectorArray(wanted)))
 
 
-def stored_ids(index: faiss.Index) -> np.ndarray:
-    """The ids stored in ``index`` (including masked ones), in no particular order."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return faiss.vector_to_array(inner.id_map).astype(np.int64)
-    ivf = faiss.extract_index_ivf(index)
-    invlists = ivf.invlists
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
-        for k in range(ivf.nlist)
-        if invlists.list_size(k)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
-
-
 def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
     """The stored vectors of ``ids`` (exact for flat storage, decoded codes otherwise), float32 (n, dim)."""
     rows = []
@@ -143,7 +129,7 @@ def tunable(index: faiss.Index) -> dict[str, int]:
     """The search parameters of ``index`` and their upper bounds: ``nprobe`` (≤ nlist), ``efSearch``,
     ``k_factor`` (re-ranking depth of a refined index)."""
     found: dict[str, int] = {}
-    node = faiss.downcast_index(index)
+    node: faiss.Index | None = faiss.downcast_index(index)
     while node is not None:
         if isinstance(node, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
             node = faiss.downcast_index(node.index)
@@ -172,6 +158,7 @@ class _Params:
         self.params = self._build(faiss.downcast_index(index), sel)
 
     def _build(self, node: faiss.Index, sel: faiss.IDSelector | None) -> Any:
+        params: Any  # one of FAISS's SearchParameters classes, chosen by the node's type
         if isinstance(node, (faiss.IndexIDMap, faiss.IndexIDMap2)):
             return self._build(faiss.downcast_index(node.index), sel)  # the id map translates the selector
         if isinstance(node, faiss.IndexPreTransform):
@@ -189,7 +176,7 @@ class _Params:
             params = faiss.SearchParametersIVF()
             params.nprobe = int(self.values.get("nprobe", node.nprobe))
         elif isinstance(node, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
             params.efSearch = int(self.values.get("efSearch", node.hnsw.efSearch))
         elif isinstance(node, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
             if sel is None:

@@ -1,6 +1,6 @@
 """recall@10 and the search-parameter tuning that reaches a target recall at the best speed.
 
-recall@10 (DESIGN.md): up to ``RECALL_QUERIES`` vectors of the dataset as queries; the share of their exact top-10
+recall@10 (docs/design.md): up to ``RECALL_QUERIES`` vectors of the dataset as queries; the share of their exact top-10
 (from a flat search over every vector) that the index returns. Tuning raises the one knob that trades speed for
 recall (``nprobe`` of an inverted file, ``efSearch`` of HNSW) to the smallest value that reaches the target, by
 doubling then bisecting, as autofaiss does; a refined index also tries re-ranking depths (``k_factor``) and keeps
@@ -9,6 +9,7 @@ the fastest combination that reaches the target.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -113,14 +114,16 @@ def tune(index: faiss.Index, probe: RecallProbe, target: float, masked: np.ndarr
             tried[key] = recall_at_k(found, probe.truth)
         return tried[key]
 
+    def recall_with(fixed: dict[str, int], knob: str, value: int) -> float:
+        return recall_of({**fixed, knob: value})
+
     candidates = []
     for k_factor in K_FACTORS if "k_factor" in knobs else (None,):
         base = {} if k_factor is None else {"k_factor": k_factor}
         if primary is not None:
             start = max(_START[primary], probe.k if primary == "efSearch" else 1)
-            base[primary] = _smallest_reaching(
-                lambda v, fixed=dict(base): recall_of({**fixed, primary: v}), start, knobs[primary], target
-            )
+            evaluate = functools.partial(recall_with, dict(base), primary)
+            base[primary] = _smallest_reaching(evaluate, start, knobs[primary], target)
         recall, seconds = measure(index, probe, base, masked)
         candidates.append(Tuning(base, recall, seconds, recall >= target))
         if recall >= target and (primary is None or base[primary] <= _START[primary]):

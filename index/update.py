@@ -72,16 +72,16 @@ def add_to_index(
         pos = current.lookup.positions(dataset.ids)
         known = pos >= 0
         changed = known.copy()
+        digests = dataset.get_sha256()
         changed[known] = [
-            dataset.sha256[i] != current.lookup.sha256[p]
-            for i, p in zip(np.flatnonzero(known).tolist(), pos[known].tolist())
+            digests[i] != current.lookup.sha256[p] for i, p in zip(np.flatnonzero(known).tolist(), pos[known].tolist())
         ]
         fresh = ~known
         unchanged = int(known.sum() - changed.sum())
         if not (fresh | changed).any():
             return UpdateSummary(unchanged=unchanged, count=len(current.lookup), seconds=time.perf_counter() - start)
         covered = bool(np.isin(current.lookup.ids, dataset.ids).all())
-        stored_again = changed.any() or np.isin(dataset.ids[fresh], current.masked).any()
+        stored_again = bool(changed.any() or np.isin(dataset.ids[fresh], current.masked).any())
         if stored_again and current.info.get("removal") == "mask":
             if not covered:
                 raise IndexDirError(
@@ -109,7 +109,7 @@ def _rebuild(current: IndexDir, dataset: Dataset, emb_dir: Path, progress: bool 
     afresh for the new count)."""
     old = current.info
     built = build_index(
-        dataset.vectors,
+        dataset.get_vectors(),
         dataset.ids,
         old.get("factory_requested", old["factory"]),
         old.get("memory_budget_bytes"),
@@ -127,13 +127,13 @@ def _add_in_place(
     index, info = current.index, dict(current.info)
     if changed.any():
         ops.remove(index, dataset.ids[changed])
-    rows = np.flatnonzero(insert)
-    ops.add(index, dataset.vectors[rows], dataset.ids[rows], progress)
+    rows, vectors = np.flatnonzero(insert), dataset.get_vectors()
+    ops.add(index, vectors[rows], dataset.ids[rows], progress)
     lookup = current.lookup.merged(lookup_of(dataset, rows))
     recall = None
     if covered:
         live = np.flatnonzero(lookup.contains(dataset.ids))
-        probe = recall_probe(dataset.vectors[live], dataset.ids[live])
+        probe = recall_probe(vectors[live], dataset.ids[live])
         tuning = tune(index, probe, float(info.get("target_recall", 0.95)), current.masked)
         info.update(
             search_params=tuning.params, recall_at_10=round(tuning.recall, 4), recall_queries=len(probe.queries)

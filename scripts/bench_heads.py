@@ -4,7 +4,7 @@ For each head (``linear``, ``mlp``), with the same code ``alexfeat train`` runs:
 
 1. the default 20 % stratified validation split: training seconds (median over ``--repeats`` seeds), epochs,
    validation accuracy (mean over the seeds);
-2. the DESIGN.md probe protocol: 30 training images per class drawn with ``numpy.random.default_rng(0)`` (one
+2. the docs/design.md probe protocol: 30 training images per class drawn with ``numpy.random.default_rng(0)`` (one
    generator, classes in sorted order, each class's rows in path order), every other image tested; the head is
    trained on the 30 per class once with its own 20 % early-stopping split inside them ("probe, split") and once
    on all of them for the default number of epochs (``--val-fraction 0``: "probe, all");
@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 PROBE_PER_CLASS = 30
-REFERENCE = {"avg": 0.916, "max": 0.916}  # DESIGN.md, caffe weights, 256-d pool5
+REFERENCE = {"avg": 0.916, "max": 0.916}  # docs/design.md, caffe weights, 256-d pool5
 
 
 def probe_split(paths: list[str], labels: list[str], per_class: int = PROBE_PER_CLASS) -> np.ndarray:
@@ -124,7 +124,7 @@ def main() -> None:
     if results["sklearn_probe_accuracy"] is not None:
         print(f"scikit-learn LogisticRegression(C=10) probe on these vectors: {results['sklearn_probe_accuracy']:.3f}")
     if results["reference_probe_accuracy"] is not None:
-        print(f"DESIGN.md reference probe (256-d, {meta.pooling}): {results['reference_probe_accuracy']:.3f}")
+        print(f"docs/design.md reference probe (256-d, {meta.pooling}): {results['reference_probe_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For each size, synthetic clustered unit vectors (a Gaussian mixture, L2-normalis
 (``IndexFlatIP``, brute force) and with ``auto`` (factory chosen, trained, tuned to the target recall). Held-out
 queries from the same mixture measure queries/s (median of ``--repeats`` timed passes, all cores) and recall@10
 against the exact top-10. With ``--dataset EMB_DIR``, a real embeddings dataset is benchmarked too (its own
-vectors as queries, as recall@10 is defined in DESIGN.md).
+vectors as queries, as recall@10 is defined in docs/design.md).
 
     python scripts/bench_index.py --sizes 100k,1M
     python scripts/bench_index.py --sizes 20k --dataset embeddings/

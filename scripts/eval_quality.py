@@ -3,7 +3,7 @@
     python scripts/eval_quality.py IMAGES_DIR EMB_DIR [--weights W] [--variant pooling=max --variant resize=squash227]
 
 Embeds IMAGES_DIR into EMB_DIR (a rerun only checks that nothing changed), then reports, with the protocol of
-DESIGN.md's reference figures:
+docs/design.md's reference figures:
 - cosine kNN leave-one-out precision@10 and mAP by label (every image queries all the others);
 - linear probe: scikit-learn LogisticRegression(C=10, max_iter=3000) on the L2-normalised vectors, 30 training
   images per class drawn with numpy.random.default_rng(0), the rest tested.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE = {"P@10": 0.756, "mAP": 0.556, "probe": 0.916}  # DESIGN.md, pool5 global average, caffe weights
+REFERENCE = {"P@10": 0.756, "mAP": 0.556, "probe": 0.916}  # docs/design.md, pool5 global average, caffe weights
 
 
 def knn_scores(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float, float]:
@@ -104,7 +104,7 @@ def main() -> None:
             rows.append((f"{desc} +{post}", meta.dim, evaluate(signed_sqrt(vectors), labels), 0.0))
 
     print(
-        f"{len(labels)} images, {len(set(labels))} classes; reference (DESIGN.md, caffe pool5 avg): "
+        f"{len(labels)} images, {len(set(labels))} classes; reference (docs/design.md, caffe pool5 avg): "
         + ", ".join(f"{k} {v:.3f}" for k, v in REFERENCE.items())
     )
     print(f"{'embedding':<58} {'D':>5} {'P@10':>6} {'mAP':>6} {'probe':>6} {'embed s':>8}")

@@ -6,26 +6,13 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from extractor.store import DatasetWriter, EmbeddingMeta, path_ids
+from tests import storedata
 
 DIM = 32
-
-
-def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) -> EmbeddingMeta:
-    fields = {
-        "arch": "torchvision",
-        "weights_source": "random",
-        "weights_sha256": "cd" * 32,
-        "layer": "pool5",
-        "pooling": "avg",
-        "input_size": 224,
-        "resize": "shorter256-center224",
-        "dim": dim,
-        "root": str(root),
-    }
-    return EmbeddingMeta(**{**fields, **changes})
 
 
 def clustered(n: int, dim: int = DIM, clusters: int = 8, noise: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -49,24 +36,28 @@ def write_dataset(
     rows_per_part: int = 1000,
 ) -> np.ndarray:
     """Write rows for ``paths`` with ``vectors`` to the dataset ``out`` (appending if it exists); returns ids."""
-    n = len(paths)
-    rows = {
-        "path": paths,
-        "label": [p.split("/")[0] if "/" in p else None for p in paths],
-        "sha256": digests or [hashlib.sha256(p.encode()).digest() for p in paths],
-        "size": np.full(n, 1000, dtype=np.int64),
-        "mtime_ns": np.full(n, 1_700_000_000_000_000_000, dtype=np.int64),
-        "width": np.full(n, 64, dtype=np.int32),
-        "height": np.full(n, 48, dtype=np.int32),
-        "embedding": vectors,
-    }
-    with DatasetWriter(out, meta or make_meta(vectors.shape[1]), rows_per_part=rows_per_part) as writer:
-        writer.add(rows)
+    storedata.write_dataset(out, paths, meta, rows_per_part, vectors=vectors, digests=digests)
     return path_ids(paths)
 
 
 def replace_rows(out: Path, paths: list[str], vectors: np.ndarray, meta: EmbeddingMeta | None = None) -> None:
     """Re-embed ``paths`` with new vectors and new file contents (sha256), as a rerun after edits does."""
-    with DatasetWriter(out, meta or make_meta(vectors.shape[1])) as writer:
+    with DatasetWriter(out, meta or storedata.make_meta(vectors.shape[1])) as writer:
         writer.drop_ids(path_ids(paths))
     write_dataset(out, paths, vectors, meta, digests=[hashlib.sha256(b"edited " + p.encode()).digest() for p in paths])
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids stored in a FAISS ``index`` (masked ones included), in no particular order: what the file holds."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(inner.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    assert invlists is not None
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(k), invlists.list_size(k)).copy()
+        for k in range(ivf.nlist)
+        if invlists.list_size(k)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -91,13 +92,13 @@ def train(
     import_tensorflow()
 
     dataset = load_dataset(emb_dir, columns=("id", "path", "label"))
-    labels = resolve_labels(labels_spec, dataset.paths, dataset.labels)
+    labels = resolve_labels(labels_spec, dataset.get_paths(), dataset.labels)
     if labels.unlabelled:
         click.echo(
             f"warning: {labels.unlabelled} of {len(dataset)} rows have no label in {labels.source!r} and are left out",
             err=True,
         )
-    result = train_head(dataset.vectors, dataset.paths, labels.values, config, progress)
+    result = train_head(dataset.get_vectors(), dataset.get_paths(), labels.values, config, progress)
     metrics = {
         **result.metrics,
         "embeddings": str(Path(emb_dir).resolve()),
@@ -170,6 +171,7 @@ def predict(
     if weights and classifier.finetuned:
         click.echo("warning: --weights is ignored: a fine-tuned model holds its own weights", err=True)
     import_tensorflow()
+    results: Iterable[Prediction | PredictError]
     if emb_dir is not None:
         results = _predict_embeddings(classifier, emb_dir, top)
     else:
@@ -181,7 +183,7 @@ def predict(
         done, failed = done + (not is_error), failed + is_error
         if as_json:
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
-        elif is_error:
+        elif isinstance(result, PredictError):
             click.echo(f"{result.path}: {result.error}: {result.message}", err=True)
         else:
             rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
@@ -193,7 +195,7 @@ def _predict_embeddings(classifier: ClassifierDir, emb_dir: str, top: int) -> li
     """Classify the rows of an embeddings dataset made with the head's model settings."""
     classifier.check_embeddings(read_meta(emb_dir), emb_dir)
     dataset = load_dataset(emb_dir, columns=("id", "path"), expect=classifier.meta)
-    return predict_vectors(classifier.load_model(), classifier.classes, dataset.vectors, dataset.paths, top)
+    return predict_vectors(classifier.load_model(), classifier.classes, dataset.get_vectors(), dataset.get_paths(), top)
 
 
 @click.command()

@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -66,7 +66,7 @@ def decode_stream(
     workers: int,
     in_flight: int,
     max_seconds: float | None = MAX_DECODE_SECONDS,
-) -> Iterator[Decoded | Failed]:
+) -> Generator[Decoded | Failed, None, None]:
     """``decoder`` over ``entries`` in order, on ``workers`` processes (0: in this thread, with no time limit),
     about ``in_flight`` files ahead (fewer when files are large; at least four chunks per worker), each file
     limited to ``max_seconds`` of CPU (None: no limit). Close the stream (``contextlib.closing``) when stopping

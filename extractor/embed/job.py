@@ -181,7 +181,7 @@ class EmbedJob:
                 with timer("infer"):
                     vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
                 with timer("write"):
-                    if good:
+                    if vectors is not None:
                         writer.add(_rows(good, vectors))
                     if bad:
                         writer.add_errors(

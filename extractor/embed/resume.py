@@ -1,6 +1,6 @@
 """What a rerun of ``alexfeat embed`` must do: which files to embed, which old rows to drop.
 
-Rules (DESIGN.md): a file whose path is in the dataset with the same size and mtime is unchanged. With another
+Rules (docs/design.md): a file whose path is in the dataset with the same size and mtime is unchanged. With another
 size it changed (bytes of another length cannot have the same sha256, so it is not hashed); with the same size
 and another mtime its sha256 decides: the same content keeps its row (and the row's size/mtime are refreshed, so
 the file is not hashed again next time), other content is embedded again and its old row dropped. New paths are
@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from extractor.store import Dataset, DatasetWriter, list_parts, load_dataset
@@ -66,10 +67,11 @@ def plan_resume(
     """Compare the files found now (``entries``) with the dataset's rows and the earlier error records."""
     plan = ResumePlan()
     rows: dict[str, int] = {}
-    if existing is not None:
-        if existing.paths is None or existing.size is None or existing.mtime_ns is None or existing.sha256 is None:
-            raise ValueError(f"existing must be loaded with the columns {RESUME_COLUMNS}")
-        rows = {path: i for i, path in enumerate(existing.paths)}
+    ids = sizes = mtimes = np.empty(0, np.int64)
+    digests: list[bytes] = []
+    if existing is not None:  # read with RESUME_COLUMNS
+        ids, sizes, mtimes, digests = existing.ids, existing.get_size(), existing.get_mtime_ns(), existing.get_sha256()
+        rows = {path: i for i, path in enumerate(existing.get_paths())}
     failed: dict[str, tuple[int | None, int | None]] = {}
     if errors is not None and errors.num_rows:
         failed = dict(
@@ -91,31 +93,31 @@ def plan_resume(
                 continue
             plan.new += 1
             candidates.append(entry)
-        elif int(existing.size[row]) == entry.size and int(existing.mtime_ns[row]) == entry.mtime_ns:
+        elif int(sizes[row]) == entry.size and int(mtimes[row]) == entry.mtime_ns:
             plan.unchanged += 1
-        elif int(existing.size[row]) != entry.size:
-            _changed(plan, existing, row)
+        elif int(sizes[row]) != entry.size:
+            _changed(plan, int(ids[row]))
             candidates.append(entry)
         else:
             to_hash.append((entry, row))
             candidates.append(entry)
 
-    kept = set()
+    kept: set[str] = set()
     for (entry, row), digest in zip(to_hash, _hash_all([e.abs_path for e, _ in to_hash], hash_file)):
-        if digest is not None and digest == existing.sha256[row]:
+        if digest is not None and digest == digests[row]:
             plan.touched += 1
             plan.unchanged += 1
-            plan.stats_updates[int(existing.ids[row])] = (entry.size, entry.mtime_ns)
+            plan.stats_updates[int(ids[row])] = (entry.size, entry.mtime_ns)
             kept.add(entry.path)
         else:  # other content, or unreadable now (decoding will record the error)
-            _changed(plan, existing, row)
+            _changed(plan, int(ids[row]))
     plan.to_embed = [entry for entry in candidates if entry.path not in kept]
 
     for path, row in rows.items():
         if path not in seen:
             plan.vanished += 1
             if prune:
-                plan.drop_ids.append(int(existing.ids[row]))
+                plan.drop_ids.append(int(ids[row]))
     plan.stale_error_paths = [
         path for path, (size, _) in failed.items() if path not in seen and (prune or size is None)
     ]
@@ -129,9 +131,9 @@ def apply_plan(writer: DatasetWriter, plan: ResumePlan) -> None:
     writer.drop_errors(plan.stale_error_paths)
 
 
-def _changed(plan: ResumePlan, existing: Dataset, row: int) -> None:
+def _changed(plan: ResumePlan, row_id: int) -> None:
     plan.changed += 1
-    plan.drop_ids.append(int(existing.ids[row]))
+    plan.drop_ids.append(row_id)
 
 
 def _hash_all(paths: list[str], hash_file: Callable[[str], bytes]) -> list[bytes | None]:

@@ -113,7 +113,7 @@ class _Decoder:
         self.resize, self.max_pixels = resize, max_pixels
         self.errors: dict[str, str] = {}
 
-    def __call__(self, path: bytes) -> tuple[np.ndarray, bool]:
+    def __call__(self, path: bytes) -> tuple[np.ndarray, np.bool_]:
         name = path.decode("utf-8")
         try:
             return decode_image(name, self.resize, self.max_pixels).pixels, np.bool_(True)

@@ -198,18 +198,6 @@ def decode_image(
         raise _classify(exc, source, max_pixels) from exc
 
 
-def read_size(source: str | os.PathLike[str] | bytes) -> tuple[int, int]:
-    """(width, height) of an image after EXIF orientation, from its header where the format allows."""
-    _adjust_pillow_guard(DEFAULT_MAX_PIXELS)
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
-    try:
-        with Image.open(fp, formats=_formats()) as img:
-            width, height = img.size
-            return (height, width) if _orientation(img) in _SWAPS_SIDES else (width, height)
-    except Exception as exc:
-        raise _classify(exc, source, None) from exc
-
-
 def _decode_opened(img: Image.Image, resize: ResizeSpec, max_pixels: int) -> DecodedImage:
     width, height = img.size
     if width * height > max_pixels:

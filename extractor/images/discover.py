@@ -105,7 +105,7 @@ def _list_dir(abs_dir: str, rel_prefix: str) -> list[tuple[str, str, bool]]:
             except OSError:
                 continue  # cannot even tell what it is: treat like a broken link
     children.sort()
-    unique = []
+    unique: list[tuple[str, str, str, bool]] = []
     for child in children:
         if unique and child[0] == unique[-1][0]:  # a literal backslash-escape name beside the undecodable one
             log.warning("skipping %r: its name is stored as %r, like %r's", child[2], child[1], unique[-1][2])

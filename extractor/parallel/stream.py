@@ -6,7 +6,7 @@ import collections
 import concurrent.futures
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from extractor.parallel.process_pool import ProcessPool, WorkerDied
@@ -20,7 +20,7 @@ R = TypeVar("R")
 
 def ordered_map(
     fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int, processes: bool = False
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``map(fn, items)`` on a pool of ``workers`` threads (or processes), in order, with at most ``in_flight``
     items submitted ahead. ``workers`` 0 maps in the calling thread.
 

@@ -15,7 +15,7 @@ from extractor.store.layout import (
     list_parts,
     part_name,
 )
-from extractor.store.lock import DirectoryLock, dataset_lock
+from extractor.store.lock import dataset_lock
 from extractor.store.meta import COMPAT_FIELDS, FORMAT_VERSION, META_KEY, EmbeddingMeta, path_id, path_ids
 from extractor.store.reader import Dataset, load_dataset, read_errors, read_meta
 from extractor.store.writer import DatasetWriter, open_for_writing
@@ -31,7 +31,6 @@ __all__ = [
     "META_KEY",
     "Dataset",
     "DatasetWriter",
-    "DirectoryLock",
     "EmbeddingMeta",
     "ErrorRecord",
     "arrow_schema",

@@ -80,6 +80,12 @@ def part_name(number: int) -> str:
     return f"part-{number:05d}.parquet"
 
 
+def part_number(name: str) -> int | None:
+    """The number in a complete part's file name (``part-00012.parquet`` is 12); None for any other name."""
+    match = PART_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
 def list_parts(directory: str | os.PathLike[str]) -> list[Path]:
     """The complete parts of a dataset directory, in write order (empty when there are none or no directory)."""
     directory = Path(directory)
@@ -87,7 +93,7 @@ def list_parts(directory: str | os.PathLike[str]) -> list[Path]:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    numbered = sorted((int(m.group(1)), name) for name in names if (m := PART_RE.match(name)))
+    numbered = sorted((number, name) for name in names if (number := part_number(name)) is not None)
     return [directory / name for _, name in numbered]
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,33 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _loaded(self, name: str) -> Any:
+        value = getattr(self, name)
+        if value is None:
+            column = {"paths": "path", "labels": "label"}.get(name, name)
+            wanted = "embeddings=True" if name == "vectors" else f"{column!r} in columns="
+            raise ValueError(f"the dataset's {name} were not read: pass {wanted} to load_dataset")
+        return value
+
+    # The columns a caller asked for, typed without ``None``; ValueError if they were not read.
+    def get_vectors(self) -> np.ndarray:
+        return self._loaded("vectors")
+
+    def get_paths(self) -> list[str]:
+        return self._loaded("paths")
+
+    def get_labels(self) -> list[str | None]:
+        return self._loaded("labels")
+
+    def get_sha256(self) -> list[bytes]:
+        return self._loaded("sha256")
+
+    def get_size(self) -> np.ndarray:
+        return self._loaded("size")
+
+    def get_mtime_ns(self) -> np.ndarray:
+        return self._loaded("mtime_ns")
 
 
 @dataclass(frozen=True)

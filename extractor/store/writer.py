@@ -27,11 +27,13 @@ from extractor.store.layout import (
     default_rows_per_part,
     list_parts,
     part_name,
+    part_number,
 )
-from extractor.store.lock import DirectoryLock
+from extractor.store.lock import dataset_lock
 from extractor.store.meta import EmbeddingMeta, path_id, path_ids
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
+from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class DatasetWriter:
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
         _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
-        self._lock: DirectoryLock | None = DirectoryLock(self.out_dir)
+        self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
         except BaseException:
@@ -136,7 +138,9 @@ class DatasetWriter:
             for path in parts:
                 self._part_ids[path.name] = read_parquet(path, ["id"]).column("id").to_numpy()
             self._known = np.unique(np.concatenate(list(self._part_ids.values())))
-            self._next_part = int(PART_RE.match(parts[-1].name).group(1)) + 1
+            last = part_number(parts[-1].name)
+            assert last is not None  # list_parts lists part names only
+            self._next_part = last + 1
         else:
             self._next_part = 0
         errors = read_errors(self.out_dir).to_pylist()

@@ -33,7 +33,3 @@ class Phases:
 
     def rounded(self) -> dict[str, float]:
         return {name: round(seconds, 3) for name, seconds in self.seconds.items()}
-
-    @property
-    def total(self) -> float:
-        return round(sum(self.seconds.values()), 3)

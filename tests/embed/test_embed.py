@@ -208,7 +208,7 @@ def test_pipeline_reproduces_the_reference_caffe_features(tmp_path, dev_images, 
     data = load_dataset(tmp_path / "emb")
     expected = golden / np.linalg.norm(golden, axis=1, keepdims=True)
     for i, rel in enumerate(golden_paths):
-        # The reference subtracts the 256x256 mean image, alexfeat its per-channel mean (DESIGN.md).
+        # The reference subtracts the 256x256 mean image, alexfeat its per-channel mean (docs/design.md).
         assert float(data.vectors[data.paths.index(rel)] @ expected[i]) > 0.995
 
 

@@ -13,7 +13,7 @@ from extractor.embed.resume import apply_plan, load_existing, plan_resume
 from extractor.images.discover import FileEntry, discover
 from extractor.store import ErrorRecord, load_dataset, open_for_writing, path_id, read_errors
 from extractor.util.hashing import file_sha256
-from tests.store.test_store import make_meta, make_rows
+from tests.storedata import make_meta, make_rows
 
 T0 = 1_600_000_000_000_000_000  # a fixed mtime (ns), so tests do not depend on the clock
 

@@ -18,7 +18,8 @@ from PIL import Image
 from extractor.cli import main
 from extractor.store import load_dataset
 from tests.imagefiles import make_photo, raw_name
-from tests.index_data import clustered, make_meta, paths_for, write_dataset
+from tests.index_data import DIM, clustered, paths_for, write_dataset
+from tests.storedata import make_meta
 
 N = 120
 
@@ -37,7 +38,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     for i, rel in enumerate(paths):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40, 30), (i * 2 % 256, 100, 200 - i)).save(root / rel)
-    write_dataset(base / "emb", paths, clustered(N), meta=make_meta(root=root.resolve()))
+    write_dataset(base / "emb", paths, clustered(N), meta=make_meta(DIM, root=root.resolve()))
     code, output = run("index", "build", base / "emb", "-o", base / "idx", "--no-progress")
     assert code == 0, output
     return root, base / "emb", base / "idx"
@@ -159,7 +160,7 @@ def test_add_and_remove_through_the_cli(collection: tuple[Path, Path, Path], tmp
     shutil.copytree(emb, emb2)
     shutil.copytree(index_dir, idx2)
     new_paths = paths_for(10, start=N)
-    write_dataset(emb2, new_paths, clustered(10, seed=4), meta=make_meta(root=load_dataset(emb).meta.root))
+    write_dataset(emb2, new_paths, clustered(10, seed=4), meta=make_meta(DIM, root=load_dataset(emb).meta.root))
     code, output = run("index", "add", idx2, emb2, "--no-progress")
     assert code == 0 and f"10 added, 0 replaced, 0 removed, {N} unchanged; {N + 10} vectors" in output
     data = load_dataset(emb2, embeddings=False)

@@ -16,7 +16,8 @@ from extractor.store import DatasetWriter, load_dataset
 from index.build import build_index_dir
 from index.indexdir import REQUIRED_KEYS
 from index.search import Searcher
-from tests.index_data import clustered, make_meta, paths_for, write_dataset
+from tests.index_data import clustered, paths_for, write_dataset
+from tests.storedata import make_meta
 
 N = 600
 

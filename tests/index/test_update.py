@@ -11,11 +11,11 @@ import pytest
 
 from extractor.errors import AlexfeatError
 from extractor.store import load_dataset, path_ids
-from index import ops
 from index.build import build_index_dir
 from index.search import Searcher
 from index.update import add_to_index, remove_from_index
-from tests.index_data import clustered, make_meta, paths_for, replace_rows, write_dataset
+from tests.index_data import DIM, clustered, paths_for, replace_rows, stored_ids, write_dataset
+from tests.storedata import make_meta
 
 N = 700
 # Removable in place (flat, inverted file) and not (HNSW, refined PQ: masked at search time).
@@ -44,7 +44,7 @@ def _assert_consistent(index_dir: Path, emb: Path, absent: set[int] = frozenset(
     searcher = Searcher(index_dir)
     keep = ~np.isin(data.ids, list(absent))
     assert searcher.count == int(keep.sum())
-    stored = ops.stored_ids(searcher.dir.index)  # index.faiss is keyed by the Parquet ids, masked ones aside
+    stored = stored_ids(searcher.dir.index)  # index.faiss is keyed by the Parquet ids, masked ones aside
     assert sorted(set(stored.tolist()) - set(searcher.dir.masked.tolist())) == sorted(data.ids[keep].tolist())
     assert len(stored) == len(set(stored.tolist()))
     hits = searcher.search_vectors(data.vectors, k=10)
@@ -115,7 +115,7 @@ def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) 
     build_index_dir(base, tmp_path / "idx")
     before = (tmp_path / "idx" / "index.json").read_text()
     other = tmp_path / "other"
-    write_dataset(other, paths_for(20), clustered(20), meta=make_meta(layer="fc7"))
+    write_dataset(other, paths_for(20), clustered(20), meta=make_meta(DIM, layer="fc7"))
     with pytest.raises(AlexfeatError, match="other model settings than the index.*layer: pool5 != fc7"):
         add_to_index(tmp_path / "idx", other)
     assert (tmp_path / "idx" / "index.json").read_text() == before

@@ -35,51 +35,10 @@ from extractor.store import (
     read_errors,
     read_meta,
 )
+from tests.storedata import DIM, make_meta, make_rows, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DIM = 8
 ALL_COLUMNS = COLUMNS[:-1]  # every column but the embedding
-
-
-def make_meta(**changes: object) -> EmbeddingMeta:
-    fields = {
-        "arch": "caffe",
-        "weights_source": "imagenet",
-        "weights_sha256": "ab" * 32,
-        "layer": "pool5",
-        "pooling": "avg",
-        "input_size": 227,
-        "resize": "squash256-center227",
-        "dim": DIM,
-        "root": "images",
-    }
-    return EmbeddingMeta(**{**fields, **changes})
-
-
-def make_rows(paths: list[str], dim: int = DIM, seed: int = 0) -> dict[str, object]:
-    """Rows as the embed pipeline gives them: every column but ``id``, unit-length vectors."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((len(paths), dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return {
-        "path": paths,
-        "label": [p.split("/")[0] if "/" in p else None for p in paths],
-        "sha256": [hashlib.sha256(p.encode()).digest() for p in paths],
-        "size": np.arange(len(paths), dtype=np.int64) + 100,
-        "mtime_ns": np.arange(len(paths), dtype=np.int64) + 1_700_000_000_000_000_000,
-        "width": np.full(len(paths), 640, dtype=np.int32),
-        "height": np.full(len(paths), 480, dtype=np.int32),
-        "embedding": vectors,
-    }
-
-
-def write_dataset(
-    out: Path, paths: list[str], meta: EmbeddingMeta | None = None, rows_per_part: int = 1000, seed: int = 0
-) -> dict[str, object]:
-    rows = make_rows(paths, (meta or make_meta()).dim, seed)
-    with open_for_writing(out, meta or make_meta(), rows_per_part=rows_per_part) as writer:
-        writer.add(rows)
-    return rows
 
 
 PATHS = ["cats/a.jpg", "cats/b c.jpg", "dogs/é😀.png", "loose.jpg", "dogs/d.jpg", "birds/e.jpg", "birds/f.jpg"]
@@ -165,6 +124,18 @@ def test_default_load_gives_ids_paths_labels_and_vectors_only(tmp_path: Path) ->
     data = load_dataset(tmp_path / "emb")
     assert data.paths == PATHS[:2] and data.labels == ["cats", "cats"] and data.vectors.shape == (2, DIM)
     assert data.sha256 is None and data.size is None and data.mtime_ns is None and data.width is None
+    assert data.get_paths() == PATHS[:2] and data.get_vectors() is data.vectors
+
+
+def test_typed_accessors_name_the_argument_that_reads_a_missing_column(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "emb", PATHS[:2])
+    data = load_dataset(tmp_path / "emb", columns=("id",), embeddings=False)
+    with pytest.raises(ValueError, match=r"vectors were not read: pass embeddings=True"):
+        data.get_vectors()
+    with pytest.raises(ValueError, match=r"paths were not read: pass 'path' in columns="):
+        data.get_paths()
+    with pytest.raises(ValueError, match=r"sha256 were not read: pass 'sha256' in columns="):
+        data.get_sha256()
 
 
 def test_every_part_carries_the_metadata_as_json(tmp_path: Path) -> None:
@@ -346,7 +317,7 @@ def test_two_writers_in_one_process_exclude_each_other(tmp_path: Path) -> None:
 def test_a_job_killed_while_writing_leaves_only_complete_parts(tmp_path: Path) -> None:
     out = tmp_path / "emb"
     code = (
-        "import sys, itertools\nfrom tests.store.test_store import make_meta, make_rows\n"
+        "import sys, itertools\nfrom tests.storedata import make_meta, make_rows\n"
         "from extractor.store import open_for_writing\n"
         "writer = open_for_writing(sys.argv[1], make_meta(dim=64), rows_per_part=500)\n"
         "print('ready', flush=True)\n"
