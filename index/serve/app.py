@@ -3,7 +3,8 @@
 Every error a client can cause is a 4xx with a JSON body ``{"error": "..."}`` and never a traceback; the service
 keeps serving. Uploads over the limit are refused with 413 by Starlette's ``RequestBodyLimitMiddleware`` (with or
 without a Content-Length). Image decoding runs in worker threads (at most one per CPU), inference in the service's
-one micro-batching thread, and queries by id or path in their own threads, so they never wait behind images.
+one micro-batching thread, and queries by id or path on the event loop while they are cheap (in their own threads
+once they are not), so they never wait behind images.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -60,6 +61,33 @@ class ApiError(Exception):
         self.status = status
 
 
+class CheapOnLoop:
+    """Run a blocking query on the event loop while such queries are cheap, in a worker thread once they are not.
+
+    Handing a query to a thread and back costs two thread wake-ups: 7-11 ms measured on a busy 2-core machine,
+    against 0.3 ms for a query by id on a 1,500-item exact index. A large exact index can take tens of ms a query,
+    which must not stall the loop. The choice follows a running mean of the queries' CPU time (of the thread that
+    runs them: preemption on a busy machine does not count).
+    """
+
+    def __init__(self, limiter: anyio.CapacityLimiter, inline_below: float = 0.002) -> None:
+        self.limiter = limiter
+        self.inline_below = inline_below
+        self.mean = 0.0
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.mean = 0.8 * self.mean + 0.2 * (time.thread_time() - start)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.mean < self.inline_below:
+            return self._timed(fn, *args)
+        return await anyio.to_thread.run_sync(self._timed, fn, *args, limiter=self.limiter)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -102,6 +130,7 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
     page = page_html()
     decode_limit = anyio.CapacityLimiter(usable_cpus())
     lookup_limit = anyio.CapacityLimiter(8)
+    run_query = CheapOnLoop(lookup_limit)
     upload_limit = (source.config if isinstance(source, SearchService) else source).max_upload_bytes
 
     @asynccontextmanager
@@ -150,9 +179,12 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
     def service_of(request: Request) -> SearchService:
         return request.app.state.service
 
-    async def lookup(fn: Any, *args: Any) -> Any:
-        """Run an id/path query or a thumbnail in a worker thread; user errors become 404/400."""
+    async def lookup(fn: Any, *args: Any, query: bool = True) -> Any:
+        """Run an id/path query (on the loop while cheap) or a thumbnail (in a worker thread); user errors become
+        404/400."""
         try:
+            if query:
+                return await run_query(fn, *args)
             return await anyio.to_thread.run_sync(fn, *args, limiter=lookup_limit)
         except NotFound as exc:
             raise ApiError(404, str(exc)) from None
@@ -219,7 +251,7 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
         item_id: int,
         size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1], description="Longest side.")] = 256,
     ) -> Response:
-        jpeg = await lookup(service_of(request).thumbnail, item_id, size)
+        jpeg = await lookup(service_of(request).thumbnail, item_id, size, query=False)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     return app

@@ -1,4 +1,5 @@
-"""MicroBatcher: one worker thread, batches of what arrives together, errors to every caller of the batch."""
+"""MicroBatcher (one worker thread, batches of what arrives together, errors to every caller of the batch) and
+CheapOnLoop (queries on the event loop while cheap, in threads once not)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 
 from extractor.errors import AlexfeatError
 from index.serve.batcher import MicroBatcher
+
+anyio = pytest.importorskip("anyio")
+from index.serve.app import CheapOnLoop  # noqa: E402  (needs the serve extra)
 
 
 def test_items_submitted_together_share_a_batch_and_keep_their_order() -> None:
@@ -70,3 +74,25 @@ def test_cancelled_items_are_skipped_and_close_finishes_the_queue() -> None:
     assert (held.result(), last.result()) == (1, 3) and ran == [1, 3]
     with pytest.raises(AlexfeatError, match="closed"):
         batcher.submit(4)
+
+
+def test_cheap_queries_run_on_the_event_loop_and_costly_ones_in_worker_threads() -> None:
+    runner = CheapOnLoop(anyio.CapacityLimiter(2), inline_below=0.002)
+
+    def costly() -> int:
+        end = time.thread_time() + 0.02  # 20 ms of CPU
+        while time.thread_time() < end:
+            pass
+        return threading.get_ident()
+
+    async def main() -> None:
+        loop = threading.get_ident()
+        assert await runner(threading.get_ident) == loop
+        assert await runner(costly) == loop  # measured: the running mean is now over 2 ms
+        assert await runner(costly) != loop
+        assert await runner(threading.get_ident) != loop
+        for _ in range(20):  # cheap again: the mean decays and queries come back to the loop
+            await runner(threading.get_ident)
+        assert await runner(threading.get_ident) == loop
+
+    anyio.run(main)
