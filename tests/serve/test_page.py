@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -64,6 +65,22 @@ def test_upload_then_click_a_result_searches_from_it(served: Served, page) -> No
     expect(cards.nth(0)).to_have_attribute("data-id", target_id)
     expect(cards.nth(0).locator(".score")).to_have_text("1.000")
     expect(page.locator("#query-name")).to_have_text(target_path)
+
+
+DROP = """([name, b64]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], name, { type: "image/jpeg" }));
+    document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true }));
+}"""
+
+
+def test_dropping_a_photo_searches_it(served: Served, page) -> None:
+    data = base64.b64encode((served.images / "cat" / "p4.jpg").read_bytes()).decode()
+    page.evaluate(DROP, ["dropped.jpg", data])
+    sync_api.expect(page.locator("#status")).to_contain_text("results for dropped.jpg")
+    sync_api.expect(page.locator("#results .result").nth(0).locator(".path")).to_have_text("cat/p4.jpg")
+    sync_api.expect(page.locator("#query-name")).to_have_text("dropped.jpg")
 
 
 def test_a_label_that_looks_like_html_is_shown_as_text(served: Served, page) -> None:
