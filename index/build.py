@@ -76,6 +76,38 @@ class BuiltIndex:
         }
 
 
+@dataclass(frozen=True)
+class BuildSummary:
+    """An index directory just written, and its ``index.json`` content (``info``)."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def factory(self) -> str:
+        return self.info["factory"]
+
+    @property
+    def count(self) -> int:
+        return self.info["count"]
+
+    @property
+    def dim(self) -> int:
+        return self.info["dim"]
+
+    @property
+    def recall_at_10(self) -> float:
+        return self.info["recall_at_10"]
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        return self.info["search_params"]
+
+    @property
+    def build_seconds(self) -> float:
+        return self.info["build_seconds"]
+
+
 def _check_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = ops.as_matrix(vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -171,8 +203,8 @@ def build_index_dir(
     memory_budget: int | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Build an index over an embeddings dataset and write it to ``out_dir``; returns its ``index.json``."""
+) -> BuildSummary:
+    """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
     with dataset_lock(out):
         start = time.perf_counter()
@@ -186,4 +218,4 @@ def build_index_dir(
         start = time.perf_counter()
         info = write_index_dir(out, info, lookup_of(dataset), built.index)
         log.info("index build: write took %.2f s", time.perf_counter() - start)
-    return info
+    return BuildSummary(out, info)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -65,11 +64,11 @@ def build(
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
     click.echo(
-        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
-        f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
-        f"built in {info['build_seconds']:.1f} s"
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors, "
+        f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
+        f"built in {built.build_seconds:.1f} s"
     )
 
 
@@ -86,24 +85,6 @@ def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     from index.update import add_to_index
 
     click.echo(add_to_index(index_dir, emb_dir, progress).line(index_dir))
-
-
-def _read_targets(path: str) -> tuple[list[int], list[str]]:
-    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
-    ids, paths = [], []
-    try:
-        lines = Path(path).read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlexfeatError(f"cannot read {path} ({exc})") from None
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if entry.isdigit():
-            ids.append(int(entry))
-        else:
-            paths.append(entry)
-    return ids, paths
 
 
 @index_group.command()
@@ -128,8 +109,7 @@ def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_fi
 
     if not (ids or paths or from_file):
         raise click.UsageError("name what to remove with --id, --path or --from-file")
-    more_ids, more_paths = _read_targets(from_file) if from_file else ([], [])
-    click.echo(remove_from_index(index_dir, list(ids) + more_ids, list(paths) + more_paths).line(index_dir))
+    click.echo(remove_from_index(index_dir, ids, paths, from_file).line(index_dir))
 
 
 # ---------------------------------------------------------------------------------------------------- search
@@ -146,27 +126,6 @@ def _print_table(results: list[Any], out: Any) -> None:
                 f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
             )
         click.echo("", file=out)
-
-
-def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None) -> list[Any]:
-    from extractor.network.tf_runtime import import_tensorflow
-
-    import_tensorflow()
-    found = searcher.search_images(files, k, weights)
-    for path, kind, message in found.errors:
-        click.echo(f"warning: {path}: {kind}: {message}", err=True)
-    if not found.results:
-        raise AlexfeatError(f"none of the {len(files)} query images could be read")
-    return found.results
-
-
-def _query_files(queries_dir: str) -> list[str]:
-    from extractor.images.discover import discover
-
-    files = [entry.abs_path for entry in discover(queries_dir)]
-    if not files:
-        raise AlexfeatError(f"{queries_dir} holds no image files")
-    return files
 
 
 @click.command()
@@ -224,15 +183,14 @@ def search(
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
-    searcher = Searcher(index_dir)
+    searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    if ids:
-        results = searcher.search_ids(list(ids), k)
-    elif paths:
-        results = searcher.search_paths(list(paths), k)
-    else:
-        files = list(images) if queries_dir is None else _query_files(queries_dir)
-        results = _image_queries(searcher, files, k, weights)
+    found = searcher.search(images, ids, paths, queries_dir, k)
+    for path, kind, message in found.errors:
+        click.echo(f"warning: {path}: {kind}: {message}", err=True)
+    results = found.results
+    if not results:
+        raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
     if as_json:
         for result in results:
             click.echo(json.dumps(result.as_dict()))
@@ -267,14 +225,10 @@ def search(
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
-    from index.dedup import dedup_dataset, output_format, write_report
+    from index.dedup import dedup_dataset
 
-    if out is not None:
-        output_format(out)  # a bad extension fails before the search
-    report = dedup_dataset(emb_dir, threshold, progress)
-    if out is not None:
-        write_report(report, out)
-    else:
+    report = dedup_dataset(emb_dir, threshold, progress, out)
+    if out is None:
         for number, group in enumerate(report.groups, 1):
             click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
     click.echo(report.summary(out))

@@ -110,16 +110,25 @@ def duplicate_groups(
 
 
 def dedup_dataset(
-    emb_dir: str | os.PathLike[str], threshold: float = 0.95, progress: bool | None = None
+    emb_dir: str | os.PathLike[str],
+    threshold: float = 0.95,
+    progress: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> DedupReport:
-    """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path."""
+    """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path; also written to
+    ``out`` (.json or .csv, see :func:`write_report`) when given."""
+    if out is not None:
+        output_format(out)  # a bad extension fails before the search
     dataset = load_dataset(emb_dir, columns=("id", "path"))
     groups = []
     paths = dataset.get_paths()
     for rows in duplicate_groups(dataset.get_vectors(), threshold, progress=progress):
         groups.append(sorted(((int(dataset.ids[r]), paths[r]) for r in rows.tolist()), key=lambda m: m[1]))
     groups.sort(key=lambda g: (-len(g), g[0][1]))
-    return DedupReport(groups, len(dataset), threshold)
+    report = DedupReport(groups, len(dataset), threshold)
+    if out is not None:
+        write_report(report, out)
+    return report
 
 
 def output_format(out: str | os.PathLike[str]) -> str:

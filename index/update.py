@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from extractor.errors import IndexDirError
+from extractor.errors import AlexfeatError, IndexDirError
 from extractor.store import Dataset, dataset_lock, load_dataset
 from index import ops
 from index.build import LOOKUP_COLUMNS, build_index, index_info, lookup_of
@@ -165,10 +165,18 @@ def _suggest_rebuild(info: dict[str, Any], count: int) -> None:
 
 
 def remove_from_index(
-    index_dir: str | os.PathLike[str], ids: Iterable[int] = (), paths: Iterable[str] = ()
+    index_dir: str | os.PathLike[str],
+    ids: Iterable[int] = (),
+    paths: Iterable[str] = (),
+    targets_file: str | os.PathLike[str] | None = None,
 ) -> UpdateSummary:
-    """Remove ``ids`` and ``paths`` from the index; masked at search time where the type cannot remove."""
+    """Remove ``ids`` and ``paths`` (and those listed in ``targets_file``, see :func:`read_targets`) from the
+    index; masked at search time where the type cannot remove."""
     start = time.perf_counter()
+    ids, paths = list(ids), list(paths)
+    if targets_file is not None:
+        more_ids, more_paths = read_targets(targets_file)
+        ids, paths = ids + more_ids, paths + more_paths
     index_dir = Path(index_dir)
     with dataset_lock(index_dir):
         current = open_index_dir(index_dir)
@@ -184,3 +192,21 @@ def remove_from_index(
             info = write_index_dir(index_dir, info, lookup, current.index, current.masked)
     log.info("removed %d ids (%s) from %s", targets.size, info.get("removal"), index_dir / INFO_FILE)
     return UpdateSummary(removed=int(targets.size), count=info["count"], seconds=time.perf_counter() - start)
+
+
+def read_targets(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
+    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
+    ids, paths = [], []
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlexfeatError(f"cannot read {path} ({exc})") from None
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.isdigit():
+            ids.append(int(entry))
+        else:
+            paths.append(entry)
+    return ids, paths

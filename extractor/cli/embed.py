@@ -102,18 +102,16 @@ def embed(
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
     OUT_DIR/_errors.parquet and never stop the job.
     """
-    from extractor.images.discover import discover
-    from extractor.network.weights import default_source
+    from extractor.embed.job import embed_folder
 
-    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    from extractor.embed.job import EmbedJob
-    from extractor.network.features import FeatureExtractor
-
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
-    job = EmbedJob(
+    summary = embed_folder(
         images_dir,
         out_dir,
-        extractor,
+        weights,
+        arch,
+        layer,
+        pooling,
+        resize,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -124,8 +122,8 @@ def embed(
         overwrite=overwrite,
         progress=progress,
     )
-    summary = job.run()
-    spec = extractor.spec
-    click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+    meta = summary.meta
+    assert meta is not None
+    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
     for line in summary.lines():
         click.echo(line)

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from extractor.images.discover import FileEntry, discover, label_of
 from extractor.images.file_decoder import Decoded, Failed, FileDecoder
 from extractor.network.features import FeatureExtractor
 from extractor.network.tf_runtime import import_tensorflow
+from extractor.network.weights import default_source
 from extractor.parallel.stream import batched, usable_cpus
 from extractor.store import (
     DatasetWriter,
@@ -60,6 +62,7 @@ class EmbedSummary:
     discovered: int = 0
     wall_seconds: float = 0.0
     stages: Phases = field(default_factory=lambda: Phases("embed", STAGES, level=logging.DEBUG))
+    meta: EmbeddingMeta | None = None  # the dataset's model settings (arch, layer, pooling, dim, ...)
 
     @property
     def images_per_second(self) -> float:
@@ -99,12 +102,11 @@ class EmbedJob:
         )
 
     def run(self) -> EmbedSummary:
-        summary = EmbedSummary()
+        meta = self.metadata()
+        summary = EmbedSummary(meta=meta)
         start = time.perf_counter()
         timer = summary.stages
-        with open_for_writing(
-            self.out_dir, self.metadata(), overwrite=self.overwrite, rows_per_part=self.rows_per_part
-        ) as writer:
+        with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
             unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
                 entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
@@ -190,6 +192,30 @@ class EmbedJob:
                 summary.embedded += len(good)
                 summary.errors += len(bad)
                 progress.update(len(batch), errors=summary.errors)
+
+
+def embed_folder(
+    images_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    weights: str | None = None,
+    arch: str | None = None,
+    layer: str = "pool5",
+    pooling: str = "gem",
+    resize: str | None = None,
+    **options: Any,
+) -> EmbedSummary:
+    """Embed every image under ``images_dir`` into the dataset ``out_dir`` (created; a rerun embeds only new and
+    changed files), as ``alexfeat embed`` does.
+
+    ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
+    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
+    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``progress``). It starts decode processes:
+    call it under ``if __name__ == "__main__":`` in a script.
+    """
+    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
+    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 
 
 STARTUP_BUFFER_BYTES = 512 * 2**20

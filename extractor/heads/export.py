@@ -27,9 +27,13 @@ EXPORT_FORMATS = ("keras", "savedmodel")
 
 @dataclass(frozen=True)
 class ExportResult:
+    """Where the model and its class file went, and what the model takes and gives."""
+
     path: Path
     classes_path: Path
     input_size: int
+    resize: str  # the decoder's resize policy that makes the model's input
+    classes: list[str]
 
 
 def classes_document(classifier: ClassifierDir) -> str:
@@ -69,7 +73,7 @@ def export_classifier(
     else:
         classes_path = out / "classes.json"
         _save_savedmodel(model, out, classes_document(classifier))
-    return ExportResult(out, classes_path, classifier.meta.input_size)
+    return ExportResult(out, classes_path, classifier.meta.input_size, classifier.meta.resize, list(classifier.classes))
 
 
 def _save_keras(model: Any, out: Path) -> None:

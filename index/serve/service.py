@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 THUMB_SIZES = (16, 1024)  # the smallest and largest thumbnail side served
 THUMB_CACHE = 2048  # thumbnails kept in memory
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class NotFound(AlexfeatError):
@@ -54,14 +55,12 @@ class ServeConfig:
 class ImageModel:
     """The index's embedding model for query images: file bytes → pixels, a batch of pixels → vectors.
 
-    The one place that knows how a query image becomes a vector (decode as embed does, then the FeatureExtractor
-    recorded in the index).
+    The one place that knows how a query image becomes a vector: decoded as embed decodes, then the Searcher's
+    FeatureExtractor (the model recorded in the index, built once).
     """
 
-    def __init__(self, searcher: Searcher, weights: str | None, max_pixels: int) -> None:
-        from extractor.network.features import FeatureExtractor
-
-        self.extractor = FeatureExtractor.from_metadata(searcher.dir.info["embedding_metadata"], weights=weights)
+    def __init__(self, searcher: Searcher, max_pixels: int) -> None:
+        self.extractor = searcher.extractor
         self.max_pixels = max_pixels
         self.extractor.warm_up()
 
@@ -79,14 +78,11 @@ class SearchService:
     """An index directory served: load once (index, model, inference thread), then query from many threads."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from extractor.network.tf_runtime import import_tensorflow
-
         self.config = config
-        self.searcher = Searcher(config.index_dir)
+        self.searcher = Searcher(config.index_dir, config.weights)
         self.images_root = self._find_images_root(config.images_root)
         self._path_to_id = self.searcher.dir.lookup.path_to_id()
-        import_tensorflow()
-        self.model = ImageModel(self.searcher, config.weights, config.max_pixels)
+        self.model = ImageModel(self.searcher, config.max_pixels)
         self.batcher: MicroBatcher[tuple[np.ndarray, int], list[Hit]] = MicroBatcher(
             self._embed_and_search, config.max_batch, config.batch_wait_ms / 1000, name="alexfeat-inference"
         )
@@ -126,9 +122,15 @@ class SearchService:
 
     def search_id(self, item_id: int, k: int = 10) -> QueryResult:
         """Neighbours of an indexed item; ``NotFound`` for an id the index does not hold."""
-        if not bool(self.searcher.dir.lookup.contains(np.asarray([item_id], dtype=np.int64))[0]):
+        if self._position(item_id) < 0:
             raise NotFound(f"id {item_id} is not in the index (ids are the dataset's `id` column)")
         return self.searcher.search_ids([item_id], _checked_k(k))[0]
+
+    def _position(self, item_id: int) -> int:
+        """The lookup row of an id; -1 when the index does not hold it (ids beyond int64 included)."""
+        if not INT64[0] <= item_id <= INT64[1]:
+            return -1
+        return int(self.searcher.dir.lookup.positions([item_id])[0])
 
     def search_path(self, path: str, k: int = 10) -> QueryResult:
         """Neighbours of an indexed item by its path relative to the embedded folder."""
@@ -164,7 +166,7 @@ class SearchService:
         if not THUMB_SIZES[0] <= size <= THUMB_SIZES[1]:
             raise AlexfeatError(f"size must be between {THUMB_SIZES[0]} and {THUMB_SIZES[1]}, got {size}")
         lookup = self.searcher.dir.lookup
-        pos = int(lookup.positions([item_id])[0])
+        pos = self._position(item_id)
         if pos < 0:
             raise NotFound(f"id {item_id} is not in the index")
         if self.images_root is None:

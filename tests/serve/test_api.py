@@ -80,6 +80,7 @@ def test_thumbnail_is_a_jpeg_of_an_indexed_image(served: Served, client: httpx.C
     with Image.open(io.BytesIO(response.content)) as image:
         assert image.format == "JPEG" and max(image.size) == 48
     assert_error(client.get("/api/thumbnail/12345"), 404, "id 12345 is not in the index")
+    assert_error(client.get(f"/api/thumbnail/{-(2**70)}"), 404, "is not in the index")
     assert_error(client.get(f"/api/thumbnail/{first_id(served)}", params={"size": 5000}), 422, "size")
     assert_error(client.get("/api/thumbnail/abc"), 422, "item_id")
     assert_error(client.get("/api/thumbnail/..%2F..%2Fetc%2Fpasswd"), 404, "Not Found")  # no path is ever opened
@@ -145,6 +146,7 @@ def test_bad_uploads_get_a_4xx_and_the_service_keeps_serving(
     "params, status, words",
     [
         ({"id": 12345}, 404, ["id 12345 is not in the index"]),
+        ({"id": 2**64}, 404, [f"id {2**64} is not in the index"]),
         ({"path": "cat/none.jpg"}, 404, ["'cat/none.jpg' is not in the index"]),
         ({"path": "../../etc/passwd"}, 404, ["not in the index"]),
         ({"id": "abc"}, 422, ["id", "integer"]),
