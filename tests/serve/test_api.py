@@ -74,6 +74,14 @@ def test_search_by_image_finds_the_indexed_copy_first(served: Served, client: ht
     assert len(upload(client, data).json()["results"]) == 10
 
 
+def test_the_service_answers_from_python_as_over_http(served: Served, client: httpx.Client) -> None:
+    data = (served.images / "cat" / "p5.jpg").read_bytes()
+    result = served.service.search_image(data, k=3, name="p5.jpg")
+    body = upload(client, data, "p5.jpg", k=3).json()
+    assert result.as_dict() == {key: body[key] for key in ("query", "results")}
+    assert served.service.search_path("cat/p5.jpg", 3).hits[0].path == "cat/p5.jpg"
+
+
 def test_thumbnail_is_a_jpeg_of_an_indexed_image(served: Served, client: httpx.Client) -> None:
     response = client.get(f"/api/thumbnail/{first_id(served)}", params={"size": 48})
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
