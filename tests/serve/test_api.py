@@ -16,8 +16,6 @@ from index.search import Searcher
 from tests.imagefiles import make_photo
 from tests.serve.conftest import CLASSES, MAX_UPLOAD_MB, PER_CLASS, XSS_LABEL, Served
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def client(served: Served) -> httpx.Client:
