@@ -40,6 +40,13 @@ from extractor.images.decode import DEFAULT_MAX_PIXELS
     type=click.IntRange(1),
     help="Larger query images are refused (400), checked from the header.",
 )
+@click.option(
+    "--max-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Most image queries embedded in one forward pass.",
+)
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 def serve(
     index_dir: str,
@@ -49,6 +56,7 @@ def serve(
     weights: str | None,
     max_upload_mb: float,
     max_pixels: int,
+    max_batch: int,
     access_log: bool,
 ) -> None:
     """Serve INDEX_DIR over HTTP: a search page at / and a JSON API (/api/search, /docs)."""
@@ -69,7 +77,7 @@ def serve(
             f"search page {url}  API docs {url}docs  (Ctrl+C stops)"
         )
 
-    config = ServeConfig(index_dir, images_root, weights, max_upload_mb, max_pixels)
+    config = ServeConfig(index_dir, images_root, weights, max_upload_mb, max_pixels, max_batch)
     batches = run_server(config, host, port, access_log, on_ready=ready)
     queries = sum(size * count for size, count in batches.items())
     click.echo(f"stopped; served {queries:,} image queries in {sum(batches.values()):,} forward passes")

@@ -117,6 +117,7 @@ class SearchService:
             "max_k": MAX_K,
             "max_upload_mb": self.config.max_upload_mb,
             "max_pixels": self.config.max_pixels,
+            "max_batch": self.config.max_batch,
             "batches": {str(size): n for size, n in sorted(self.batcher.batch_sizes().items())},
         }
 

@@ -22,7 +22,7 @@ def test_serve_answers_once_loaded_and_stops_on_ctrl_c(index_dir: tuple[Path, Pa
     _, idx = index_dir
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "extractor.cli", "serve", str(idx), "--port", "0"],
+        [sys.executable, "-m", "extractor.cli", "serve", str(idx), "--port", "0", "--max-batch", "4"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -42,7 +42,8 @@ def test_serve_answers_once_loaded_and_stops_on_ctrl_c(index_dir: tuple[Path, Pa
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.1)
         assert health.json() == {"status": "ok"}
-        assert httpx.get(url + "api/info").json()["count"] == len(CLASSES) * PER_CLASS
+        info = httpx.get(url + "api/info").json()
+        assert info["count"] == len(CLASSES) * PER_CLASS and info["max_batch"] == 4
         page = httpx.get(url)
         assert page.headers["content-type"].startswith("text/html") and "<title>alexfeat search</title>" in page.text
     finally:
