@@ -4,8 +4,9 @@
                                   [--seconds 8] [--max-requests 3000] [--workdir DIR]
 
 In one run, on the same photos (``--images``, or ``--count`` generated 500x375 JPEGs as in bench_embed.py):
-1. the baseline: ``alexfeat embed`` on the photos: images/s of the whole command, of the job (its summary) and
-   after start-up (photos / (job wall - model stage), the strictest of the three);
+1. the baseline: ``alexfeat embed`` on the photos, before and after the queries (their mean is the baseline, as the
+   load of a shared machine drifts): images/s of the whole command, of the job (its summary) and after start-up
+   (photos / (job wall - model stage), the strictest of the three);
 2. ``alexfeat index build``, then ``alexfeat serve --port 0`` as its own process;
 3. for each kind (by id, by image) and concurrency: that many httpx async clients on 127.0.0.1 sending queries
    back to back for ``--seconds`` (at most ``--max-requests``, after a short warm-up): queries/s, p50 and p99
@@ -126,6 +127,13 @@ async def load(url: str, kind: str, targets: list, clients: int, seconds: float,
     return latencies
 
 
+def print_embed(when: str, rates: tuple[float, float, float]) -> None:
+    whole, job, steady = rates
+    print(
+        f"alexfeat embed ({when}): {whole:.1f} images/s whole command, {job:.1f} the job, {steady:.1f} after start-up"
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -151,11 +159,8 @@ def main() -> None:
         files = photos(args, workdir)
         root = args.images or files[0].parent
         print(f"photos: {len(files)} under {root}; weights {args.weights}, arch {args.arch}; cores {os.cpu_count()}")
-        whole, job, steady = embed_rates(root, work / "emb", args.weights, args.arch, len(files))
-        print(
-            f"alexfeat embed: {whole:.1f} images/s whole command, {job:.1f} the job, "
-            f"{steady:.1f} after start-up (the baseline)"
-        )
+        before = embed_rates(root, work / "emb", args.weights, args.arch, len(files))
+        print_embed("before", before)
         alexfeat("index", "build", work / "emb", "-o", work / "idx", "--no-progress")
 
         import pyarrow.parquet as pq
@@ -164,7 +169,7 @@ def main() -> None:
         uploads = [(f.name, f.read_bytes()) for f in files[:200]]
         proc, url = start_server(work / "idx", max_pixels=10**9)
         try:
-            print(f"\n{'query':<6} {'clients':>7} {'queries':>8} {'q/s':>8} {'p50 ms':>8} {'p99 ms':>8}  batch sizes")
+            print(f"{'query':<6} {'clients':>7} {'queries':>8} {'q/s':>8} {'p50 ms':>8} {'p99 ms':>8}  batch sizes")
             image_rates = {}
             for kind, targets in (("id", ids), ("image", uploads)):
                 if kind not in args.kinds.split(","):
@@ -188,13 +193,16 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
+        after = embed_rates(root, work / "emb-after", args.weights, args.arch, len(files))
+        print_embed("after", after)
+        whole, job, steady = (statistics.mean(pair) for pair in zip(before, after))
         top = max(levels)
         if top not in image_rates:
             return
+        rate = image_rates[top]
         print(
-            f"\nby image at {top} clients: {image_rates[top]:.1f} q/s = {image_rates[top] / steady:.2f} x embed's "
-            f"images/s after start-up, {image_rates[top] / job:.2f} x the job's, {image_rates[top] / whole:.2f} x the "
-            "whole command's"
+            f"by image at {top} clients: {rate:.1f} q/s = {rate / steady:.2f} x embed's images/s after start-up "
+            f"(mean of before and after), {rate / job:.2f} x the job's, {rate / whole:.2f} x the whole command's"
         )
 
 
