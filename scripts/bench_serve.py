@@ -175,13 +175,13 @@ def main() -> None:
                 if kind not in args.kinds.split(","):
                     continue
                 for clients in levels:
-                    before = Counter(httpx.get(url + "api/info").json()["batches"])
+                    sizes_before = Counter(httpx.get(url + "api/info").json()["batches"])
                     start = time.perf_counter()
                     lat = asyncio.run(load(url, kind, targets, clients, args.seconds, args.max_requests))
                     elapsed = time.perf_counter() - start
-                    after = Counter(httpx.get(url + "api/info").json()["batches"])
+                    sizes_after = Counter(httpx.get(url + "api/info").json()["batches"])
                     rate = len(lat) / elapsed
-                    sizes = after - before
+                    sizes = sizes_after - sizes_before
                     mean = sum(int(s) * n for s, n in sizes.items()) / max(sum(sizes.values()), 1)
                     shown = ", ".join(f"{s}x{n}" for s, n in sorted(sizes.items(), key=lambda kv: int(kv[0])))
                     print(
