@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,7 +16,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.errors import IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.store import Dataset, load_dataset
 from extractor.util.timing import Phases
 from index import ops
 from index.factory import (
@@ -27,7 +26,7 @@ from index.factory import (
     choose_factory,
     training_size,
 )
-from index.indexdir import Lookup, prepare_output, write_index_dir
+from index.indexdir import Lookup, index_lock, prepare_output, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:
 def index_info(built: BuiltIndex, dataset: Dataset, emb_dir: Path) -> dict[str, Any]:
     """The full ``index.json`` content of ``built`` made from ``dataset``."""
     info = built.info()
-    info["embedding_metadata"] = json.loads(dataset.meta.to_json())
+    info["embedding_metadata"] = dataset.meta.to_dict()
     info["source"] = str(emb_dir.resolve())
     info["package_version"] = __version__
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -206,7 +205,7 @@ def build_index_dir(
 ) -> BuildSummary:
     """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
-    with dataset_lock(out):
+    with index_lock(out):
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start

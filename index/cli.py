@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
+_ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -89,7 +91,7 @@ def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
 
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Id to remove (repeatable).")
 @click.option(
     "--path",
     "paths",
@@ -116,15 +118,15 @@ def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_fi
 
 
 def _print_table(results: list[Any], out: Any) -> None:
+    """The results as a plain-text table; names escaped so that each hit is one line (``text_cell``)."""
     for result in results:
         query = result.query
         title = f"image {query['image']}" if "image" in query else f"id {query['id']}  {query['path']}"
-        click.echo(f"query: {title}", file=out)
+        click.echo(f"query: {text_cell(title)}", file=out)
         click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
         for hit in result.hits:
-            click.echo(
-                f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
-            )
+            label = text_cell(hit.label or "-")
+            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {label:<16}  {text_cell(hit.path)}", file=out)
         click.echo("", file=out)
 
 
@@ -137,7 +139,7 @@ def _print_table(results: list[Any], out: Any) -> None:
     type=click.Path(dir_okay=False, exists=True),
     help="Query image file (repeatable); embedded with the model recorded in the index.",
 )
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Query by an indexed id (repeatable).")
 @click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
 @click.option(
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
@@ -187,7 +189,7 @@ def search(
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k)
     for path, kind, message in found.errors:
-        click.echo(f"warning: {path}: {kind}: {message}", err=True)
+        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
     results = found.results
     if not results:
         raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
@@ -225,10 +227,10 @@ def search(
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
-    from index.dedup import dedup_dataset
+    from index.dedup import dedup_dataset, group_lines
 
     report = dedup_dataset(emb_dir, threshold, progress, out)
     if out is None:
-        for number, group in enumerate(report.groups, 1):
-            click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
+        for line in group_lines(report):
+            click.echo(line)
     click.echo(report.summary(out))

@@ -17,7 +17,7 @@ import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
 from index import ops
-from index.indexdir import IndexDir, open_index_dir, resolve_targets
+from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
 
 if TYPE_CHECKING:
     from extractor.network.features import FeatureExtractor
@@ -87,6 +87,7 @@ class Searcher:
         """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension)."""
         if k < 1:
             raise IndexDirError(f"k must be at least 1, got {k}")
+        k = min(k, max(self.dir.index.ntotal, 1))  # never more results than vectors: nothing else is allocated
         x = ops.as_matrix(vectors, self.dim, "query vectors")
         scores, ids = ops.search(self.dir.index, x, k, self.dir.search_params, self.dir.masked)
         lookup = self.dir.lookup
@@ -120,7 +121,7 @@ class Searcher:
 
     def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
         """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
-        wanted = np.asarray([int(i) for i in ids], dtype=np.int64)
+        wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
         return self._by_ids(wanted, k)
 
@@ -138,7 +139,7 @@ class Searcher:
                 from extractor.network.features import FeatureExtractor
                 from extractor.network.tf_runtime import import_tensorflow
 
-                extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=self.weights)
+                extractor = FeatureExtractor.from_metadata(self.dir.meta, weights=self.weights)
                 import_tensorflow()
                 self._extractor = extractor
             return self._extractor
@@ -213,7 +214,16 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    root = Path(override) if override is not None else Path(searcher.dir.info["embedding_metadata"]["root"])
+    recorded = searcher.dir.meta.root
+    if override is not None:
+        root = Path(override)
+    elif recorded is not None:
+        root = Path(recorded)
+    else:
+        raise AlexfeatError(
+            "the index records no images folder (its embeddings were written without one); pass --images-root "
+            "with the folder that was embedded"
+        )
     if not root.is_dir():
         source = "given with --images-root" if override is not None else "recorded in the index"
         raise AlexfeatError(

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.store import Dataset, load_dataset
 from index import ops
 from index.build import LOOKUP_COLUMNS, build_index, index_info, lookup_of
 from index.factory import choose_factory
-from index.indexdir import INFO_FILE, IndexDir, open_index_dir, resolve_targets, write_index_dir
+from index.indexdir import INFO_FILE, IndexDir, index_lock, open_index_dir, resolve_targets, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def add_to_index(
     """Add the rows of ``emb_dir`` that ``index_dir`` lacks and replace those whose sha256 changed."""
     start = time.perf_counter()
     index_dir, emb_dir = Path(index_dir), Path(emb_dir)
-    with dataset_lock(index_dir):
+    with index_lock(index_dir):
         current = open_index_dir(index_dir)
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         current.meta.check_compatible(
@@ -143,7 +143,7 @@ def _add_in_place(
         log.info("recall@10 not measured again: the dataset does not hold every indexed vector")
     info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _suggest_rebuild(info, len(lookup))
-    return write_index_dir(current.path, info, lookup, index, current.masked), recall
+    return write_index_dir(current.path, info, lookup, index, current.masked, current), recall
 
 
 def _suggest_rebuild(info: dict[str, Any], count: int) -> None:
@@ -178,7 +178,7 @@ def remove_from_index(
         more_ids, more_paths = read_targets(targets_file)
         ids, paths = ids + more_ids, paths + more_paths
     index_dir = Path(index_dir)
-    with dataset_lock(index_dir):
+    with index_lock(index_dir):
         current = open_index_dir(index_dir)
         targets = resolve_targets(current, ids, paths)
         if targets.size == 0:
@@ -186,10 +186,10 @@ def remove_from_index(
         lookup = current.lookup.without(targets)
         info = dict(current.info) | {"updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if info.get("removal") == "mask":
-            info = write_index_dir(index_dir, info, lookup, None, np.union1d(current.masked, targets))
+            info = write_index_dir(index_dir, info, lookup, None, np.union1d(current.masked, targets), current)
         else:
             ops.remove(current.index, targets)
-            info = write_index_dir(index_dir, info, lookup, current.index, current.masked)
+            info = write_index_dir(index_dir, info, lookup, current.index, current.masked, current)
     log.info("removed %d ids (%s) from %s", targets.size, info.get("removal"), index_dir / INFO_FILE)
     return UpdateSummary(removed=int(targets.size), count=info["count"], seconds=time.perf_counter() - start)
 

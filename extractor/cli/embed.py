@@ -6,6 +6,8 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 
 
@@ -27,24 +29,27 @@ from extractor.parallel.stream import usable_cpus
 )
 @click.option(
     "--arch",
-    type=click.Choice(["caffe", "torchvision"]),
+    type=click.Choice(ARCHS),
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
+@click.option("--layer", type=click.Choice(LAYERS), default=LAYERS[0], show_default=True)
 @click.option(
     "--pooling",
-    type=click.Choice(["avg", "max", "gem", "flatten"]),
-    default="gem",
+    type=click.Choice(list(POOLINGS)),
+    default=DEFAULT_POOLING,
     show_default=True,
-    help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).",
+    help="Global pooling of pool5 (ignored with fc6/fc7): "
+    + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
+    + ".",
 )
 @click.option(
     "--resize",
     default=None,
     metavar="POLICY",
-    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
-    "policy (caffe: squash256-center227, torchvision: shorter256-center224).",
+    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
+    + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
+    + ").",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -78,6 +83,13 @@ from extractor.parallel.stream import usable_cpus
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option(
+    "--follow-outside/--no-follow-outside",
+    default=True,
+    show_default=True,
+    help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
+    "loops never are).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(
     images_dir: str,
@@ -95,6 +107,7 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    follow_outside: bool,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -120,6 +133,7 @@ def embed(
         prune=prune,
         retry_errors=retry_errors,
         overwrite=overwrite,
+        follow_outside=follow_outside,
         progress=progress,
     )
     meta = summary.meta

@@ -15,6 +15,7 @@ from extractor.heads.predict import PredictError, Prediction
 from extractor.heads.train import HEAD_KINDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.parallel.stream import usable_cpus
+from extractor.util.textsafe import text_cell
 
 progress_option = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 weights_option = click.option(
@@ -156,11 +157,12 @@ def predict(
     for result in results:
         if isinstance(result, PredictError):
             failed += 1
-            line, to_stderr = f"{result.path}: {result.error}: {result.message}", True
+            line, to_stderr = f"{text_cell(result.path)}: {result.error}: {text_cell(result.message)}", True
         else:
             done += 1
-            rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
-            line, to_stderr = f"{result.path}\t{result.label}\t{result.probability:.4f}{rest}", False
+            rest = "".join(f"\t{text_cell(label)} {p:.4f}" for label, p in result.top[1:])
+            line = f"{text_cell(result.path)}\t{text_cell(result.label)}\t{result.probability:.4f}{rest}"
+            to_stderr = False
         if as_json:
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
         else:

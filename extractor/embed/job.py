@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -25,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from extractor import __version__
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS, decode_stream
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import FileEntry, discover, label_of
 from extractor.images.file_decoder import Decoded, Failed, FileDecoder
 from extractor.network.features import FeatureExtractor
+from extractor.network.poolings import DEFAULT_POOLING
 from extractor.network.tf_runtime import import_tensorflow
 from extractor.network.weights import default_source
 from extractor.parallel.stream import batched, usable_cpus
@@ -40,7 +41,6 @@ from extractor.store import (
     EmbeddingMeta,
     ErrorRecord,
     open_for_writing,
-    path_ids,
     read_errors,
 )
 from extractor.util.progress import Progress
@@ -94,12 +94,12 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
+    follow_outside: bool = True  # follow symbolic links whose target is outside images_dir
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
 
     def metadata(self) -> EmbeddingMeta:
-        return EmbeddingMeta(
-            **self.extractor.spec.as_dict(), root=os.path.abspath(self.images_dir), package_version=__version__
-        )
+        """The extractor's settings with the images root: what the dataset records."""
+        return dataclasses.replace(self.extractor.spec, root=os.path.abspath(self.images_dir))
 
     def run(self) -> EmbedSummary:
         meta = self.metadata()
@@ -109,7 +109,11 @@ class EmbedJob:
         with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
             unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
             with timer("discover"):
-                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
+                entries = list(
+                    discover(
+                        self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc)), self.follow_outside
+                    )
+                )
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -200,7 +204,7 @@ def embed_folder(
     weights: str | None = None,
     arch: str | None = None,
     layer: str = "pool5",
-    pooling: str = "gem",
+    pooling: str = DEFAULT_POOLING,
     resize: str | None = None,
     **options: Any,
 ) -> EmbedSummary:
@@ -210,8 +214,8 @@ def embed_folder(
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
     ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
-    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``progress``). It starts decode processes:
-    call it under ``if __name__ == "__main__":`` in a script.
+    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
+    starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
@@ -245,9 +249,9 @@ def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
 
 
 def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
+    """The rows of a batch; the writer derives each ``id`` from its path."""
     paths = [r.entry.path for r in decoded]
     return {
-        "id": path_ids(paths),
         "path": paths,
         "label": [label_of(p) for p in paths],
         "sha256": np.frombuffer(b"".join(r.sha256 for r in decoded), np.uint8).reshape(-1, 32),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from extractor import __version__
-from extractor.heads.classifier_dir import ClassifierDir, read_classifier_dir, write_classifier_dir
+from extractor.heads.classifier_dir import ClassifierDir, check_output_dir, read_classifier_dir, write_classifier_dir
 from extractor.heads.export import ExportResult, export_classifier
 from extractor.heads.labels import resolve_labels
 from extractor.heads.predict import ImageClassifier, PredictError, Prediction, predict_vectors
@@ -66,6 +66,7 @@ def train_head_dir(
     ...). Rows without a label are left out, with a warning.
     """
     settings = TrainConfig(**config)  # checks the arguments before TensorFlow loads
+    check_output_dir(out_dir)
     import_tensorflow()
     dataset = load_dataset(emb_dir, columns=("id", "path", "label"))
     resolved = resolve_labels(labels, dataset.get_paths(), dataset.labels)
@@ -158,6 +159,7 @@ def finetune_dir(
     the result to ``out_dir`` (usable like a head directory). ``config``: the fields of
     :class:`~extractor.heads.finetune.FinetuneConfig` (``unfreeze``, ``learning_rate``, ``epochs``, ...)."""
     source = read_classifier_dir(head_dir)
+    check_output_dir(out_dir)
     next(iter(discover(images_dir)), None)  # a missing folder fails before TensorFlow loads
     import_tensorflow()
     from extractor.heads.finetune import FinetuneConfig, finetune

@@ -20,7 +20,7 @@ from typing import Any
 
 from extractor.errors import AlexfeatError
 from extractor.heads.classifier_dir import ClassifierDir
-from extractor.util.atomic import atomic_dir, write_text_atomic
+from extractor.util.atomic import atomic_dir, check_replaceable, write_text_atomic
 
 EXPORT_FORMATS = ("keras", "savedmodel")
 
@@ -63,8 +63,11 @@ def export_classifier(
     if fmt == "keras" and out.suffix != ".keras":
         raise AlexfeatError(
             f"a Keras model file must end in .keras (Keras refuses other names): use "
-            f"-o {out.with_suffix('.keras')}, or --format savedmodel for a directory"
+            f"-o {out.with_suffix('.keras') if out.name not in ('', '..') else 'model.keras'}, or --format "
+            "savedmodel for a directory"
         )
+    if fmt == "savedmodel":
+        check_replaceable(out)  # before the model is built
     model = classifier.end_to_end(weights)
     if fmt == "keras":
         classes_path = out.with_name(f"{out.stem}.classes.json")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from extractor.errors import DatasetError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import (
     COLUMNS,
     COMPRESSION,
@@ -30,7 +31,7 @@ from extractor.store.layout import (
     part_number,
 )
 from extractor.store.lock import dataset_lock
-from extractor.store.meta import EmbeddingMeta, path_id, path_ids
+from extractor.store.meta import path_id, path_ids
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
 from extractor.util.dirlock import DirectoryLock
@@ -150,7 +151,8 @@ class DatasetWriter:
     # -- public API
 
     def add(self, rows: pa.Table | Mapping[str, Any]) -> None:
-        """Append rows: a Table or a dict of the schema's columns (``id`` optional: it is derived from ``path``).
+        """Append rows: a Table or a dict of the schema's columns. ``id`` is derived from ``path`` here (the one
+        place paths are hashed); a given ``id`` column is checked against it.
 
         ``embedding`` may be an (n, dim) float32 matrix, ``sha256`` a list of 32-byte digests or an (n, 32) uint8
         array. An id already in the dataset is refused: drop the old row first (``drop_ids``).

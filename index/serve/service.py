@@ -112,7 +112,7 @@ class SearchService:
             "factory": info["factory"],
             "search_params": self.searcher.dir.search_params,
             "recall_at_10": info.get("recall_at_10"),
-            "model": self.model.extractor.spec.as_dict(),
+            "model": {k: v for k, v in self.model.extractor.spec.to_dict().items() if k != "root"},
             "images_root": str(self.images_root) if self.images_root else None,
             "max_k": MAX_K,
             "max_upload_mb": self.config.max_upload_mb,

@@ -14,6 +14,7 @@ from extractor.cli import main
 from extractor.errors import AlexfeatError
 from extractor.heads.metrics import classification_report
 from extractor.heads.train import TrainConfig, encode_labels, stratified_split
+from extractor.network.spec import EmbeddingMeta
 from extractor.store import load_dataset
 from tests.headdata import CLASSES, class_image, embed_tree, make_class_tree
 
@@ -63,7 +64,7 @@ def test_train_writes_a_head_that_classifies_new_images(data, tmp_path, head):
     assert matrix.shape == (3, 3) and matrix.sum() == metrics["val_count"] == 6
     assert set(metrics["per_class"]) == set(CLASSES)
     assert all(set(v) == {"precision", "recall", "f1", "support"} for v in metrics["per_class"].values())
-    assert metrics["embedding_metadata"] == json.loads(load_dataset(data["emb"], embeddings=False).meta.to_json())
+    assert EmbeddingMeta.from_dict(metrics["embedding_metadata"]) == load_dataset(data["emb"], embeddings=False).meta
     # Stated accuracy on images the head never saw (chance is 1/3).
     assert held_out_accuracy(out, data["held_emb"]) >= 0.9
 
