@@ -1,10 +1,13 @@
-"""``alexfeat index build/add/remove``, ``alexfeat search`` and ``alexfeat dedup``: argument parsing only.
+"""``alexfeat index build/add/remove``, ``alexfeat search``, ``alexfeat dedup`` and ``alexfeat serve``: argument
+parsing only.
 
-FAISS, the index modules and TensorFlow are imported inside the commands, so ``alexfeat --help`` stays fast.
+FAISS, the index modules, TensorFlow and the web server are imported inside the commands, so ``alexfeat --help``
+stays fast.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from typing import Any
@@ -12,6 +15,8 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
@@ -36,7 +41,7 @@ def index_group() -> None:
 
 @index_group.command()
 @click.argument("emb_dir", type=_DIR)
-@click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
+@output_dir_option("Index directory (created).")
 @click.option(
     "--factory",
     default="auto",
@@ -59,7 +64,7 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def build(
     emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
 ) -> None:
@@ -81,7 +86,7 @@ def _params(params: dict[str, int]) -> str:
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
 @click.argument("emb_dir", type=_DIR)
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     """Add EMB_DIR's new rows to INDEX_DIR and replace rows whose image changed (sha256)."""
     from index.update import add_to_index
@@ -145,14 +150,14 @@ def _print_table(results: list[Any], out: Any) -> None:
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
 )
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
+@click.option(
+    "--exclude-self",
+    is_flag=True,
+    help="Leave each query's own item out of its results (an --id/--path item, or an --image file that is indexed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="Weights file for image queries when the recorded source is not on this machine.",
-)
+@recorded_weights_option
 @click.option(
     "--images-root",
     default=None,
@@ -166,30 +171,24 @@ def search(
     paths: tuple[str, ...],
     queries_dir: str | None,
     k: int,
+    exclude_self: bool,
     as_json: bool,
     html_file: str | None,
     weights: str | None,
     images_root: str | None,
 ) -> None:
-    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
-    kinds = [
-        name
-        for name, given in (("--image", images), ("--id", ids), ("--path", paths), ("--queries", queries_dir))
-        if given
-    ]
-    if len(kinds) != 1:
-        raise click.UsageError(
-            "give one kind of query: --image, --id, --path or --queries"
-            + (f" (got {', '.join(kinds)})" if kinds else "")
-        )
+    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths (any mix, answered in that order:
+    ids, paths, images, then the --queries folder)."""
+    if not (images or ids or paths or queries_dir):
+        raise click.UsageError("give at least one query: --image, --id, --path or --queries")
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
     searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    found = searcher.search(images, ids, paths, queries_dir, k)
+    found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
     for path, kind, message in found.errors:
-        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+        warn(f"{text_cell(path)}: {kind}: {text_cell(message)}")
     results = found.results
     if not results:
         raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
@@ -212,25 +211,130 @@ def search(
 @click.argument("emb_dir", type=_DIR)
 @click.option(
     "--threshold",
-    default=0.95,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1, min_open=True),
-    help="Cosine similarity at or above which two images are near-duplicates.",
+    help="Score at or above which two images are copies: the verified score (default 0.96), or with --no-verify "
+    "the embedding cosine (default 0.95).",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check candidate pairs on the images (copies, not lookalikes); --no-verify groups by embeddings alone "
+    "(no images needed, but different photos of one thing are grouped too).",
+)
+@click.option(
+    "--images-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the embedded images, when not where the embeddings recorded it.",
 )
 @click.option(
     "-o",
     "--output",
     "out",
     type=click.Path(dir_okay=False),
-    help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).",
+    help="Write the groups here: .json (list of groups of {id, path, score}) or .csv (group, id, path, score); "
+    "score: to the group's first member.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
-    """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page of the groups.")
+@progress_option
+def dedup(
+    emb_dir: str,
+    threshold: float | None,
+    verify: bool,
+    images_root: str | None,
+    out: str | None,
+    html_file: str | None,
+    progress: bool | None,
+) -> None:
+    """Find groups of near-duplicate images (copies: crops, resizes, re-encodes, brightness changes) in the
+    embeddings dataset EMB_DIR, largest first."""
     from index.dedup import dedup_dataset, group_lines
 
-    report = dedup_dataset(emb_dir, threshold, progress, out)
+    report = dedup_dataset(emb_dir, threshold, progress, out, verify=verify, images_root=images_root)
+    for path, why in sorted(report.unreadable.items()):
+        warn(f"cannot verify {text_cell(path)}: {text_cell(why)}")
     if out is None:
         for line in group_lines(report):
             click.echo(line)
+    if html_file:
+        from extractor.store import read_meta
+        from index.html import write_groups_page
+        from index.verify import images_root as find_images_root
+
+        root = find_images_root(read_meta(emb_dir).root, images_root)
+        write_groups_page(report.groups, root, html_file, title=f"alexfeat dedup: {emb_dir}")
+        click.echo(f"wrote {html_file}: {len(report.groups)} groups")
     click.echo(report.summary(out))
+
+
+# ----------------------------------------------------------------------------------------------------- serve
+
+
+@click.command()
+@click.argument("index_dir", type=_DIR)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option(
+    "--images-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the indexed images (thumbnails), when not where the index recorded it.",
+)
+@recorded_weights_option
+@click.option(
+    "--max-upload-mb",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Larger uploads are refused (413).",
+)
+@click.option(
+    "--max-pixels",
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Larger query images are refused (400), checked from the header.",
+)
+@click.option(
+    "--max-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Most image queries embedded in one forward pass.",
+)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+def serve(
+    index_dir: str,
+    host: str,
+    port: int,
+    images_root: str | None,
+    weights: str | None,
+    max_upload_mb: float,
+    max_pixels: int,
+    max_batch: int,
+    access_log: bool,
+) -> None:
+    """Serve INDEX_DIR over HTTP: a search page at / and a JSON API (/api/search, /docs)."""
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AlexfeatError(
+            f"alexfeat serve needs {', '.join(missing)}: install the serve extra (pip install 'alexfeat[serve]')"
+        )
+    from index.serve.server import serve as run_server
+    from index.serve.service import SearchService, ServeConfig
+
+    def ready(service: SearchService, url: str) -> None:
+        info = service.info()
+        model = info["model"]
+        click.echo(
+            f"{index_dir}: {info['count']:,} images, {info['factory']} over {info['dim']}-d vectors; model "
+            f"{model['arch']} {model['layer']}/{model['pooling']} ({model['weights_source']})\n"
+            f"search page {url}  API docs {url}docs  (Ctrl+C stops)"
+        )
+
+    config = ServeConfig(index_dir, images_root, weights, max_upload_mb, max_pixels, max_batch)
+    batches = run_server(config, host, port, access_log, on_ready=ready)
+    queries = sum(size * count for size, count in batches.items())
+    click.echo(f"stopped; served {queries:,} image queries in {sum(batches.values()):,} forward passes")

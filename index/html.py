@@ -1,4 +1,5 @@
-"""The search results page: one self-contained HTML file, each query beside its neighbours with their scores.
+"""The results pages: one self-contained HTML file, each search query beside its neighbours with their scores, or
+each group of near-duplicates with each member's score to the group's first.
 
 Thumbnails are inline base64 JPEGs, so the page can be mailed or archived; an image that cannot be read shows
 as a labelled placeholder instead of breaking the page.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from extractor.errors import AlexfeatError
 from extractor.util.atomic import write_text_atomic
+from index.dedup import Member
 from index.search import Hit, QueryResult
 
 log = logging.getLogger(__name__)
@@ -85,19 +87,53 @@ def render_page(results: Sequence[QueryResult], images_root: Path, title: str = 
         sections.append(
             f'<section><h2>{html.escape(_query_title(result))}</h2><div class="row">{"".join(figures)}</div></section>'
         )
+    meta = f"queries: {len(results)}; score = cosine similarity; images from {html.escape(str(images_root))}"
+    return _document(title, meta, sections)
+
+
+def _document(title: str, meta: str, sections: list[str]) -> str:
+    """The page around ``sections``; ``title`` is escaped here, ``meta`` and ``sections`` must be HTML already."""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f'<p class="meta">queries: {len(results)}; score = cosine similarity; images from '
-        f"{html.escape(str(images_root))}</p>{''.join(sections)}</body></html>\n"
+        f'<p class="meta">{meta}</p>{"".join(sections)}</body></html>\n'
     )
+
+
+def render_groups_page(groups: Sequence[Sequence[Member]], images_root: Path, title: str = "alexfeat dedup") -> str:
+    """The HTML page of near-duplicate groups: each group's first member, then the others with their scores."""
+    sections = []
+    for number, group in enumerate(groups, 1):
+        figures = [_figure(images_root / group[0].path, f"first<br>{html.escape(group[0].path)}", "query")]
+        figures += [
+            _figure(images_root / m.path, f'<span class="score">{m.score:.3f}</span><br>{html.escape(m.path)}')
+            for m in group[1:]
+        ]
+        sections.append(
+            f'<section><h2>group {number}: {len(group)} images</h2><div class="row">{"".join(figures)}</div></section>'
+        )
+    meta = (
+        f"groups: {len(groups)}; score = similarity to the group's first; images from {html.escape(str(images_root))}"
+    )
+    return _document(title, meta, sections)
+
+
+def _write(out: str | os.PathLike[str], text: str) -> None:
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:
+        raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
 
 
 def write_page(
     results: Sequence[QueryResult], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat search"
 ) -> None:
-    """Write the results page to ``out`` atomically."""
-    try:
-        write_text_atomic(out, render_page(results, images_root, title))
-    except OSError as exc:
-        raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
+    """Write the search results page to ``out`` atomically."""
+    _write(out, render_page(results, images_root, title))
+
+
+def write_groups_page(
+    groups: Sequence[Sequence[Member]], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat dedup"
+) -> None:
+    """Write the near-duplicate groups page to ``out`` atomically."""
+    _write(out, render_groups_page(groups, images_root, title))

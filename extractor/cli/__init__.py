@@ -22,10 +22,11 @@ from extractor.errors import AlexfeatError
 COMMANDS: dict[str, str] = {
     "weights": "extractor.cli.weights:weights",
     "embed": "extractor.cli.embed:embed",
+    "errors": "extractor.cli.embed:errors",
     "index": "index.cli:index_group",
     "search": "index.cli:search",
     "dedup": "index.cli:dedup",
-    "serve": "index.serve.cli:serve",
+    "serve": "index.cli:serve",
     "train": "extractor.cli.heads:train",
     "predict": "extractor.cli.heads:predict",
     "export": "extractor.cli.heads:export",
@@ -42,13 +43,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS:
             module_name, attr = COMMANDS[name].split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:  # a part not built yet
-                if exc.name == module_name:
-                    return None
-                raise
-            return getattr(module, attr)
+            return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):

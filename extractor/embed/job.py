@@ -28,13 +28,12 @@ import numpy as np
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS, decode_stream
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
+from extractor.embed.settings import extractor_for
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import FileEntry, discover, label_of
 from extractor.images.file_decoder import Decoded, Failed, FileDecoder
 from extractor.network.features import FeatureExtractor
-from extractor.network.poolings import DEFAULT_POOLING
 from extractor.network.tf_runtime import import_tensorflow
-from extractor.network.weights import default_source
 from extractor.parallel.stream import batched, usable_cpus
 from extractor.store import (
     DatasetWriter,
@@ -68,11 +67,21 @@ class EmbedSummary:
     def images_per_second(self) -> float:
         return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
 
-    def lines(self) -> list[str]:
+    @property
+    def changed(self) -> bool:
+        """Whether the run embedded, recorded or dropped anything."""
+        return bool(self.embedded or self.errors or self.dropped)
+
+    def lines(self, out_dir: str | None = None) -> list[str]:
+        """The summary to print: one short line for a run with nothing to do, else counts and times."""
+        known = f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else ""
+        if not self.changed:
+            return [f"up to date: unchanged {self.unchanged}{known}, nothing to embed"]
+        where = f" (list them: alexfeat errors {out_dir})" if self.errors and out_dir else ""
         stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stages.seconds.items())
         return [
-            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
-            + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
+            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}{where}"
+            + known
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
             "(model: TensorFlow's start-up and the model build, while files decode; decode: summed over workers)",
@@ -203,8 +212,8 @@ def embed_folder(
     out_dir: str | os.PathLike[str],
     weights: str | None = None,
     arch: str | None = None,
-    layer: str = "pool5",
-    pooling: str = DEFAULT_POOLING,
+    layer: str | None = None,
+    pooling: str | None = None,
     resize: str | None = None,
     **options: Any,
 ) -> EmbedSummary:
@@ -212,13 +221,15 @@ def embed_folder(
     changed files), as ``alexfeat embed`` does.
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them (default: pool5 and
+    GeM). Into an existing dataset, what is left out is taken from its metadata (a rerun needs no model options)
+    and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`). ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``). It
     starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=options.get("overwrite", False))
     return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
 
 

@@ -7,15 +7,12 @@ the settings a dataset records, is :class:`extractor.network.spec.EmbeddingMeta`
 from extractor.network.spec import COMPAT_FIELDS, FORMAT_VERSION, EmbeddingMeta
 from extractor.store.layout import (
     COLUMNS,
-    DEFAULT_COLUMNS,
     ERRORS_NAME,
-    ERRORS_SCHEMA,
-    LOCK_NAME,
+    LEGACY_LOCK_NAME,
     ErrorRecord,
     arrow_schema,
-    default_rows_per_part,
     list_parts,
-    part_name,
+    row_schema,
 )
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import META_KEY, path_id, path_ids
@@ -25,11 +22,9 @@ from extractor.store.writer import DatasetWriter, open_for_writing
 __all__ = [
     "COLUMNS",
     "COMPAT_FIELDS",
-    "DEFAULT_COLUMNS",
     "ERRORS_NAME",
-    "ERRORS_SCHEMA",
     "FORMAT_VERSION",
-    "LOCK_NAME",
+    "LEGACY_LOCK_NAME",
     "META_KEY",
     "Dataset",
     "DatasetWriter",
@@ -37,11 +32,10 @@ __all__ = [
     "ErrorRecord",
     "arrow_schema",
     "dataset_lock",
-    "default_rows_per_part",
     "list_parts",
     "load_dataset",
     "open_for_writing",
-    "part_name",
+    "row_schema",
     "path_id",
     "path_ids",
     "read_errors",

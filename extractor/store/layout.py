@@ -3,17 +3,22 @@
 A dataset is a directory (layout and columns in docs/design.md)::
 
     part-NNNNN.parquet   embeddings; each written as .part-NNNNN.parquet.tmp, then renamed when complete
-    _errors.parquet      files that could not be embedded: path, error, message, size, mtime_ns
-    .alexfeat.lock       flock'd by the one job writing the directory (released by the OS if that job dies)
+    _errors.parquet      files that could not be embedded: no rows, the parts' schema, the records (path, error,
+                         message, size, mtime_ns) as JSON in its schema metadata under ``alexfeat_errors``
 
-Everything but the parts starts with ``_`` or ``.``, so ``pyarrow.parquet.read_table(DIR)``, DuckDB and Polars
-read the directory as the embeddings alone."""
+Nothing else: the one writer's lock is a ``flock`` on the directory itself. Every reader then sees the directory as
+the embeddings alone, with no option: pyarrow and pandas skip ``_`` names, and the ones that do not (DuckDB's
+``DIR/*.parquet`` glob, Polars on the directory, which also lists sub-folders and refuses any file that is not
+Parquet) find an empty table of the same schema. Datasets written before this layout (``_errors.parquet`` with the
+records as rows, a ``.alexfeat.lock`` file) are read as they are and moved to it by the next write."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +29,21 @@ from extractor.store.meta import META_KEY, encode_meta
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".alexfeat.lock"
 ERRORS_NAME = "_errors.parquet"
-COLUMNS = ("id", "path", "label", "sha256", "size", "mtime_ns", "width", "height", "embedding")
+ERRORS_KEY = b"alexfeat_errors"  # schema metadata of the errors file: its records as a JSON list of objects
+LEGACY_LOCK_NAME = ".alexfeat.lock"  # the lock file of the layout before: removed by the next write
+# every column of a part but the embedding, whose width is the dataset's (docs/design.md, the columns table)
+ROW_FIELDS = (
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string(), nullable=True),
+    pa.field("sha256", pa.binary(32), nullable=False),
+    pa.field("size", pa.int64(), nullable=False),
+    pa.field("mtime_ns", pa.int64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+)
+COLUMNS = (*(f.name for f in ROW_FIELDS), "embedding")
 DEFAULT_COLUMNS = ("id", "path", "label")
 COMPRESSION = "zstd"
 MAX_ROWS_PER_PART = 50_000
@@ -50,20 +67,14 @@ class ErrorRecord:
 
 def arrow_schema(meta: EmbeddingMeta) -> pa.Schema:
     """The Arrow schema of a part, with ``meta`` as JSON under the schema metadata key ``alexfeat``."""
-    return pa.schema(
-        [
-            pa.field("id", pa.int64(), nullable=False),
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("label", pa.string(), nullable=True),
-            pa.field("sha256", pa.binary(32), nullable=False),
-            pa.field("size", pa.int64(), nullable=False),
-            pa.field("mtime_ns", pa.int64(), nullable=False),
-            pa.field("width", pa.int32(), nullable=False),
-            pa.field("height", pa.int32(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False),
-        ],
-        metadata={META_KEY: encode_meta(meta)},
-    )
+    embedding = pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False)
+    return pa.schema([*ROW_FIELDS, embedding], metadata={META_KEY: encode_meta(meta)})
+
+
+def row_schema(names: Sequence[str]) -> pa.Schema:
+    """The schema of some of a part's columns other than the embedding (e.g. an index's lookup of ids)."""
+    fields = {f.name: f for f in ROW_FIELDS}
+    return pa.schema([fields[name] for name in names])
 
 
 ERRORS_SCHEMA = pa.schema(
@@ -75,6 +86,19 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("mtime_ns", pa.int64(), nullable=True),
     ]
 )
+
+
+def errors_file_table(errors: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The content of ``_errors.parquet``: no rows and the parts' ``schema``, the ``errors`` records in its metadata
+    (so readers that glob ``*.parquet`` or list the directory find the same columns and no extra rows)."""
+    records = json.dumps(errors.select(ERRORS_SCHEMA.names).to_pylist(), ensure_ascii=False)
+    return schema.with_metadata({**(schema.metadata or {}), ERRORS_KEY: records.encode("utf-8")}).empty_table()
+
+
+def errors_from_metadata(schema: pa.Schema) -> pa.Table | None:
+    """The error records stored in an errors file's schema metadata; None for a file of the layout before."""
+    raw = (schema.metadata or {}).get(ERRORS_KEY)
+    return None if raw is None else pa.Table.from_pylist(json.loads(raw), schema=ERRORS_SCHEMA)
 
 
 def part_name(number: int) -> str:

@@ -8,7 +8,6 @@ are.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,19 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError
-from extractor.util.atomic import atomic_path
+from extractor.util.atomic import atomic_path, fsync_path
 
 log = logging.getLogger(__name__)
 
 _STATS_COLUMNS = ["id", "path", "label", "size", "mtime_ns", "width", "height"]
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> None:
@@ -43,7 +34,7 @@ def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> Non
                 write_statistics=[c for c in _STATS_COLUMNS if c in table.column_names],
                 write_page_checksum=True,
             )
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
     except OSError as exc:
         raise DatasetError(f"cannot write {target} ({exc})") from exc
 
@@ -66,5 +57,13 @@ def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
         file = pq.ParquetFile(path, page_checksum_verification=True)
         return file.read(columns=list(columns) if columns is not None else None, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise unreadable_error(path, exc) from exc
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """A Parquet file's Arrow schema with its metadata, from the footer alone."""
+    try:
+        return pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:
         raise unreadable_error(path, exc) from exc

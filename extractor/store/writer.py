@@ -26,14 +26,16 @@ from extractor.store.layout import (
     ErrorRecord,
     arrow_schema,
     default_rows_per_part,
+    errors_file_table,
     list_parts,
     part_name,
     part_number,
 )
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import path_id, path_ids
-from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
-from extractor.store.reader import read_errors, read_meta
+from extractor.store.parquet_io import read_parquet, write_parquet_atomic
+from extractor.store.reader import errors_layout_is_current, read_errors, read_meta
+from extractor.util.atomic import fsync_path
 from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ class DatasetWriter:
             raise DatasetError(
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
-        _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
+        _refuse_foreign(self.out_dir)  # before the lock (which removes an old lock file): a foreign dir stays as it is
         self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
@@ -147,6 +149,7 @@ class DatasetWriter:
         errors = read_errors(self.out_dir).to_pylist()
         self._set_errors(ErrorRecord(**row) for row in errors)
         self._errors_dirty = self._forget_embedded_errors(self._known) > 0
+        self._errors_dirty |= bool(self._errors) and not errors_layout_is_current(self.out_dir, self.schema)
 
     # -- public API
 
@@ -337,7 +340,7 @@ class DatasetWriter:
             self._part_ids[name] = table.column("id").to_numpy()
         else:
             path.unlink()
-            fsync_dir(self.out_dir)
+            fsync_path(self.out_dir)
             del self._part_ids[name]
 
     def _set_errors(self, records: Iterable[ErrorRecord]) -> None:
@@ -360,11 +363,11 @@ class DatasetWriter:
         target = self.out_dir / ERRORS_NAME
         if self._errors:
             rows = [dataclasses.asdict(self._errors[p]) for p in sorted(self._errors)]
-            table = pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA.with_metadata(self.schema.metadata))
+            table = errors_file_table(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), self.schema)
             write_parquet_atomic(table, target, self.compression)
         elif target.exists():
             target.unlink()
-            fsync_dir(self.out_dir)
+            fsync_path(self.out_dir)
         self._errors_dirty = False
 
 
