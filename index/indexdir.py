@@ -3,13 +3,17 @@
 ::
 
     index.json        the manifest: factory, metric, dim, count, search_params, recall_at_10, build_seconds,
-                      embedding_metadata, the bookkeeping below (file sizes, removal mode, phases) and
-                      ``generation``, the folder that holds the index's files
+                      embedding_metadata, the bookkeeping below (file sizes, removal mode, phases), ``augment``
+                      and ``alpha`` (database-side augmentation, see index.expansion) and ``generation``, the
+                      folder that holds the index's files
     gen-000007/       the current generation (written in full, fsync'ed, before index.json names it):
         index.faiss     the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
         ids.parquet     id, path, label, sha256 of every searchable vector, sorted by id
         masked_ids.npy  ids removed from an index type that cannot remove them (never returned by a search)
+        index.ivfdata   the inverted lists of a sharded build merged on disk (``storage: ondisk``), read in place,
+                        read-only, by ``index.faiss`` of the same folder
     index.faiss, ids.parquet   symbolic links to the current generation's files, for plain FAISS / Parquet users
+                               (and index.ivfdata beside them for a merged index)
     .alexfeat.lock    the one-writer lock of ``index build/add/remove``
 
 A writer (holding the lock) writes the next generation beside the current one, then replaces ``index.json``
@@ -32,6 +36,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +60,11 @@ INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
+IVFDATA_FILE = "index.ivfdata"
+"""The inverted lists of a merged (sharded, on-disk) index, beside its ``index.faiss``; ``index.json`` then has
+``"storage": "ondisk"``."""
 CRASH_ENV = "ALEXFEAT_INDEX_CRASH_AFTER"
-GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE})
+GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE})
 _GEN_NAME = re.compile(r"gen-(\d{6,})")
 REQUIRED_KEYS = (
     "factory",
@@ -204,7 +212,7 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
         n
         for n in sorted(os.listdir(directory))
         if not n.startswith(".")
-        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)
+        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE)
         and not _is_generation(directory / n)
     ]
     if foreign and not (directory / INFO_FILE).exists():
@@ -258,11 +266,15 @@ def tidy_index_dir(directory: Path) -> None:
 
 
 def _point_links(directory: Path, gen: str) -> None:
-    """The links ``index.faiss`` and ``ids.parquet`` at ``gen``'s files; no single-generation masked file left."""
-    for name in (INDEX_FILE, LOOKUP_FILE):
+    """The links ``index.faiss`` and ``ids.parquet`` (and ``index.ivfdata`` of a merged index) at ``gen``'s files;
+    no single-generation masked file left."""
+    ondisk = (directory / gen / IVFDATA_FILE).exists()
+    for name in (INDEX_FILE, LOOKUP_FILE) + ((IVFDATA_FILE,) if ondisk else ()):
         link = directory / name
         if not link.is_symlink() or os.readlink(link) != f"{gen}/{name}":
             _link(directory, name, f"{gen}/{name}")
+    if not ondisk and (directory / IVFDATA_FILE).is_symlink():
+        (directory / IVFDATA_FILE).unlink()
     with contextlib.suppress(FileNotFoundError):
         (directory / MASKED_FILE).unlink()
 
@@ -299,20 +311,31 @@ def _link(directory: Path, name: str, target: str) -> None:
 
 
 def _write_generation(
-    gen_dir: Path, lookup: Lookup, index: faiss.Index | None, previous: Path | None, masked: np.ndarray
+    gen_dir: Path,
+    lookup: Lookup,
+    index: faiss.Index | None,
+    previous: Path | None,
+    masked: np.ndarray,
+    ivfdata: Path | None = None,
 ) -> None:
-    """Write (or, for ``index=None``, hard-link from ``previous``) the files of a generation, each fsync'ed."""
+    """Write (or, for ``index=None``, hard-link from ``previous``, with its ``index.ivfdata`` if any) the files of a
+    generation, each fsync'ed; ``ivfdata``, the merged lists of a new on-disk index, is moved in."""
     gen_dir.mkdir()
     target = gen_dir / INDEX_FILE
     if index is not None:
+        if ivfdata is not None:
+            os.replace(ivfdata, gen_dir / IVFDATA_FILE)
+            fsync_path(gen_dir / IVFDATA_FILE)
         faiss.write_index(index, str(target))
     else:
         if previous is None or not previous.is_file():
             raise IndexDirError(f"{gen_dir.parent}: the current {INDEX_FILE} is missing; rebuild the index")
-        try:
-            os.link(previous, target)  # the files of a generation never change once written: sharing is safe
-        except OSError:
-            shutil.copyfile(previous, target)
+        for source in (previous, previous.with_name(IVFDATA_FILE)):
+            if source.name == INDEX_FILE or source.exists():
+                try:
+                    os.link(source, gen_dir / source.name)  # a generation's files never change: sharing is safe
+                except OSError:
+                    shutil.copyfile(source, gen_dir / source.name)
     fsync_path(target)
     _crash_point(INDEX_FILE)
     pq.write_table(lookup.to_table(), gen_dir / LOOKUP_FILE, compression="zstd", write_page_checksum=True)
@@ -333,8 +356,10 @@ def write_index_dir(
     index: faiss.Index | None = None,
     masked: np.ndarray | None = None,
     previous: IndexDir | None = None,
+    ivfdata: Path | None = None,
 ) -> dict[str, Any]:
     """Write the next generation of the directory and switch to it; ``index=None`` keeps ``previous``'s index.
+    ``ivfdata``: the file of a merged on-disk ``index``'s lists, moved into the generation as ``index.ivfdata``.
 
     The caller holds the directory's lock. Fills in the bookkeeping keys of ``info`` (count, file sizes, masked
     count, generation) and returns it.
@@ -347,7 +372,7 @@ def write_index_dir(
         gen = f"gen-{number:06d}"
         gen_dir = directory / gen
         old_index = previous.files_dir / INDEX_FILE if previous is not None else None
-        _write_generation(gen_dir, lookup, index, old_index, masked)
+        _write_generation(gen_dir, lookup, index, old_index, masked, ivfdata)
         if index is not None:
             info["ntotal"] = int(index.ntotal)
         info.update(
@@ -356,7 +381,11 @@ def write_index_dir(
             masked_ids_file=MASKED_FILE if masked.size else None,
             format_version=FORMAT_VERSION,
             generation=gen,
-            files={name: (gen_dir / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
+            files={
+                name: (gen_dir / name).stat().st_size
+                for name in (INDEX_FILE, LOOKUP_FILE, IVFDATA_FILE)
+                if name != IVFDATA_FILE or (gen_dir / name).exists()
+            },
         )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
@@ -426,6 +455,21 @@ def _checked_size(directory: Path, base: Path, name: str, info: dict[str, Any]) 
     return path
 
 
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for the duration (C++ code prints there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
     """Open and check an index directory: every file present, complete and consistent with ``index.json``.
 
@@ -445,8 +489,13 @@ def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
 def _open_generation(directory: Path, info: dict[str, Any]) -> IndexDir:
     base = generation_dir(directory, info)
     index_path = _checked_size(directory, base, INDEX_FILE, info)
+    flags = 0
+    if info.get("storage") == "ondisk":  # its lists are in index.ivfdata beside it, wherever the directory now is
+        _checked_size(directory, base, IVFDATA_FILE, info)
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     try:
-        index = faiss.read_index(str(index_path))
+        with _stdout_silenced():  # FAISS prints where it found index.ivfdata on standard output
+            index = faiss.read_index(str(index_path), flags)
     except RuntimeError as exc:
         raise _fail(directory, f"{INDEX_FILE} cannot be read by FAISS ({faiss_reason(exc)})") from None
     if index.d != int(info["dim"]):

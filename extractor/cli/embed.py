@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 from extractor.util.cli_options import output_dir_option, progress_option
@@ -52,6 +54,13 @@ from extractor.util.cli_options import output_dir_option, progress_option
     + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
     + ").",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTAS),
+    default=None,
+    help="Test-time augmentation: flip embeds each image as the mean of it and its mirror (twice the inference). "
+    f"Default: {TTAS[0]} (on a rerun: the dataset's own).",
+)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--workers",
@@ -91,6 +100,34 @@ from extractor.util.cli_options import output_dir_option, progress_option
     help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
     "loops never are).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: decode processes and TensorFlow on this machine; ray: Ray Data tasks and actors on a Ray "
+    "cluster (pip install 'alexfeat[ray]'; see docs/scale.md).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="auto|ray://HOST:10001",
+    help="With --engine ray: the cluster to join (auto: the one this machine belongs to). Default: a local Ray "
+    "instance started for the job.",
+)
+@click.option(
+    "--num-actors",
+    default=None,
+    type=click.IntRange(1),
+    help="With --engine ray: inference actors (default: 3/4 of the cluster's CPUs / --cpus-per-actor).",
+)
+@click.option(
+    "--cpus-per-actor",
+    default=1.5,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
+)
 @progress_option
 def embed(
     images_dir: str,
@@ -100,6 +137,7 @@ def embed(
     layer: str | None,
     pooling: str | None,
     resize: str | None,
+    tta: str | None,
     batch_size: int,
     workers: int,
     rows_per_part: int | None,
@@ -109,6 +147,10 @@ def embed(
     retry_errors: bool,
     overwrite: bool,
     follow_outside: bool,
+    engine: str,
+    address: str | None,
+    num_actors: int | None,
+    cpus_per_actor: float,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -118,6 +160,19 @@ def embed(
     """
     from extractor.embed.job import embed_folder
 
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
+    given = [name for name, value in ray_only.items() if value]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    from extractor.embed.local import LocalEngine
+
+    runner: Any = LocalEngine()
+    if engine == "ray":
+        from extractor.embed.ray_engine import RayEngine
+        from extractor.parallel.ray_cluster import import_ray
+
+        import_ray()  # not installed: say how, before the model loads
+        runner = RayEngine(address, num_actors, cpus_per_actor)
     summary = embed_folder(
         images_dir,
         out_dir,
@@ -126,6 +181,7 @@ def embed(
         layer,
         pooling,
         resize,
+        tta,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -136,11 +192,13 @@ def embed(
         overwrite=overwrite,
         follow_outside=follow_outside,
         progress=progress,
+        engine=runner,
     )
     meta = summary.meta
     assert meta is not None
     if summary.changed:
-        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
+        augmented = "" if meta.tta == "none" else f", test-time augmentation {meta.tta}"
+        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings{augmented}")
     for line in summary.lines(out_dir):
         click.echo(line)
 

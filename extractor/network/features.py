@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from extractor.errors import AlexfeatError, WeightsError
-from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS
+from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.network.spec import EmbeddingMeta
 from extractor.network.weights import Weights, resolve_weights
+
+if TYPE_CHECKING:
+    from extractor.images.batches import ImageResults
+    from extractor.images.file_decoder import ImageInput
 
 
 def _validate(layer: str, pooling: str, weights: Weights) -> str:
@@ -48,8 +52,12 @@ class FeatureExtractor:
         layer: str = "pool5",
         pooling: str = DEFAULT_POOLING,
         resize: str | None = None,
+        tta: str = "none",
     ) -> None:
         from extractor.images.decode import ResizeSpec
+
+        if tta not in TTAS:
+            raise AlexfeatError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
 
         self.weights = resolve_weights(weights, arch) if isinstance(weights, str) else weights
         arch = self.weights.check_arch(arch)
@@ -69,6 +77,7 @@ class FeatureExtractor:
             input_size=size,
             resize=str(self.resize_spec),
             dim=POOLINGS[pooling].dim if layer == "pool5" else FC_UNITS,
+            tta=tta,
         )
         self._model: Any = None
         self._compiled: Any = None
@@ -85,18 +94,20 @@ class FeatureExtractor:
         with self._lock:
             if self._compiled is None:
                 spec = self.spec
-                self._model = self._build(spec.arch, spec.layer, spec.pooling)
+                self._model = self._build(spec.arch, spec.layer, spec.pooling, spec.tta)
                 if int(self._model.output_shape[-1]) != spec.dim:
                     raise AlexfeatError(f"model gives {self._model.output_shape[-1]}-d features, expected {spec.dim}")
                 self._compiled = self._compile()
                 size = spec.input_size
                 self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
 
-    def _build(self, arch: str, layer: str, pooling: str) -> Any:
+    def _build(self, arch: str, layer: str, pooling: str, tta: str = "none") -> Any:
         """The Keras model from uint8 images to unnormalised features: Preprocess, then AlexNet up to ``layer``
-        (pooled with ``pooling`` at pool5)."""
+        (pooled with ``pooling`` at pool5); with ``tta="flip"`` the mean of the L2-normalised features of the
+        image and of its mirror (two forward passes)."""
         import keras
 
+        from extractor.network.layers import HorizontalMirror
         from extractor.network.model import AlexNet, Preprocess
 
         if layer == "pool5":
@@ -105,8 +116,18 @@ class FeatureExtractor:
             base = AlexNet(weights=self.weights, include_top=True, classifier_activation=None, trainable=False)
             features = keras.Model(base.input, base.get_layer(layer).output)
         inputs = keras.Input(shape=features.input_shape[1:], dtype="uint8", name="image")
-        outputs = features(Preprocess(arch, name="preprocess")(inputs))
-        return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}")
+        preprocessed = Preprocess(arch, name="preprocess")(inputs)
+        outputs = features(preprocessed)
+        if tta == "flip":
+            mirrored = features(HorizontalMirror(name="mirror")(preprocessed))
+            outputs = keras.layers.Average(name="tta_mean")(
+                [
+                    keras.layers.UnitNormalization(name=f"l2_{view}")(v)
+                    for view, v in (("image", outputs), ("mirror", mirrored))
+                ]
+            )
+        suffix = "" if tta == "none" else f"_tta_{tta}"
+        return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}{suffix}")
 
     def _compile(self) -> Any:
         import tensorflow as tf
@@ -132,29 +153,25 @@ class FeatureExtractor:
         self.warm_up()
         return self._compiled(images.astype(np.uint8, copy=False)).numpy()
 
-    def embed_paths(
-        self, paths: Sequence[str], max_pixels: int | None = None, batch_size: int = 32, workers: int = 2
-    ) -> tuple[np.ndarray, list[int], list[tuple[str, str, str]]]:
-        """Decode (in ``workers`` threads) and embed image files; returns (vectors, indices of ``paths`` embedded,
-        errors). Each error is ``(path, error kind, message)``; a bad file never stops the others.
-        """
-        from extractor.images.decode import DEFAULT_MAX_PIXELS
-        from extractor.images.file_decoder import decode_paths
-        from extractor.parallel.stream import batched
+    def embed_images(
+        self,
+        inputs: Sequence[ImageInput],
+        max_pixels: int | None = None,
+        batch_size: int = 32,
+        workers: int = 2,
+        names: Sequence[str] | None = None,
+    ) -> ImageResults:
+        """Decode image files or bytes (in ``workers`` threads) and embed them in batches, keeping their order.
 
-        decoded = decode_paths(paths, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, workers, 4 * batch_size)
-        chunks, ok, errors = [], [], []
-        for first, batch in zip(range(0, len(paths), batch_size), batched(decoded, batch_size)):
-            good = [pixels for pixels in batch if isinstance(pixels, np.ndarray)]
-            for i, result in enumerate(batch, first):
-                if isinstance(result, np.ndarray):
-                    ok.append(i)
-                else:
-                    errors.append((str(paths[i]), result.kind, str(result)))
-            if good:
-                chunks.append(self(np.stack(good)))
-        vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.spec.dim), np.float32)
-        return vectors, ok, errors
+        Returns ``values`` (float32 (n, dim)) of the inputs that decoded, their ``indices`` among ``inputs``, and a
+        ``(position, name, error kind, message)`` per input that did not; a bad input never stops the others.
+        """
+        from extractor.images.batches import map_images
+        from extractor.images.decode import DEFAULT_MAX_PIXELS
+
+        return map_images(
+            self, self.spec.dim, inputs, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, batch_size, workers, names
+        )
 
     @classmethod
     def from_metadata(cls, meta: EmbeddingMeta, weights: str | None = None) -> FeatureExtractor:
@@ -176,7 +193,7 @@ class FeatureExtractor:
                 f"embeddings were made with (sha256 {meta.weights_sha256[:12]}..., from "
                 f"{meta.weights_source!r})"
             )
-        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize)
+        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize, meta.tta)
         meta.check_compatible(
             extractor.spec, "the rebuilt extractor differs from the recorded settings (recorded != rebuilt)"
         )

@@ -17,6 +17,7 @@ from extractor.store.layout import (
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import META_KEY, path_id, path_ids
 from extractor.store.reader import Dataset, load_dataset, read_errors, read_meta
+from extractor.store.table import to_table, write_errors
 from extractor.store.writer import DatasetWriter, open_for_writing
 
 __all__ = [
@@ -40,4 +41,6 @@ __all__ = [
     "path_ids",
     "read_errors",
     "read_meta",
+    "to_table",
+    "write_errors",
 ]

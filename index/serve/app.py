@@ -31,12 +31,15 @@ from extractor import __version__
 from extractor.errors import AlexfeatError
 from extractor.images.decode import DecodeError
 from extractor.parallel.stream import usable_cpus
-from index.serve.service import MAX_K, THUMB_SIZES, NotFound, SearchService, ServeConfig
+from index.expansion import DEFAULT_EXPAND
+from index.serve.service import MAX_EXPAND, MAX_K, THUMB_SIZES, NotFound, SearchService, ServeConfig
 
 log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and the form field k around the file
 K = Annotated[int, Query(ge=1, le=MAX_K, description="Neighbours to return.")]
+EXPAND_HELP = "Query expansion: neighbours averaged into the query first (as `search --expand`; 0: raw)."
+EXPAND = Annotated[int, Query(ge=0, le=MAX_EXPAND, description=EXPAND_HELP)]
 
 
 class HitOut(BaseModel):
@@ -209,15 +212,16 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
         id: Annotated[int | None, Query(description="An indexed id (the dataset's `id` column).")] = None,
         path: Annotated[str | None, Query(description="An indexed path, relative to the embedded folder.")] = None,
         k: K = 10,
+        expand: EXPAND = DEFAULT_EXPAND,
     ) -> dict[str, Any]:
         start = time.perf_counter()
         if (id is None) == (path is None):
             raise ApiError(400, "give one of the query parameters id or path (or POST an image)")
         service = service_of(request)
         if id is not None:
-            result = await lookup(service.search_id, id, k)
+            result = await lookup(service.search_id, id, k, expand)
         else:
-            result = await lookup(service.search_path, path, k)
+            result = await lookup(service.search_path, path, k, expand)
         return {**result.as_dict(), "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     @app.post("/api/search", response_model=SearchOut, summary="Neighbours of an uploaded image (multipart)")
@@ -225,6 +229,7 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
         request: Request,
         image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, GIF, BMP, TIFF, WebP).")],
         k: Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours to return.")] = 10,
+        expand: Annotated[int, Form(ge=0, le=MAX_EXPAND, description=EXPAND_HELP)] = DEFAULT_EXPAND,
     ) -> dict[str, Any]:
         start = time.perf_counter()
         name = image.filename or "upload"
@@ -236,7 +241,7 @@ def create_app(source: ServeConfig | SearchService) -> FastAPI:
             pixels = await anyio.to_thread.run_sync(service.decode, data, limiter=decode_limit)
         except DecodeError as exc:
             raise ApiError(400, f"{name}: {exc} ({exc.kind})") from None
-        hits = await asyncio.wrap_future(service.submit_image(pixels, k))
+        hits = await asyncio.wrap_future(service.submit_image(pixels, k, expand))
         result = {"query": {"image": name}, "results": [hit.as_dict() for hit in hits]}
         return {**result, "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 

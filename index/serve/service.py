@@ -20,12 +20,14 @@ import numpy as np
 
 from extractor.errors import AlexfeatError
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from index.expansion import DEFAULT_EXPAND
 from index.search import Hit, QueryResult, Searcher, images_root
 from index.serve.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+MAX_EXPAND = 100  # query-expansion neighbours a request may ask for
 THUMB_SIZES = (16, 1024)  # the smallest and largest thumbnail side served
 THUMB_CACHE = 2048  # thumbnails kept in memory
 INT64 = (-(2**63), 2**63 - 1)
@@ -83,7 +85,7 @@ class SearchService:
         self.images_root = self._find_images_root(config.images_root)
         self._path_to_id = self.searcher.dir.lookup.path_to_id()
         self.model = ImageModel(self.searcher, config.max_pixels)
-        self.batcher: MicroBatcher[tuple[np.ndarray, int], list[Hit]] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[np.ndarray, int, int], list[Hit]] = MicroBatcher(
             self._embed_and_search, config.max_batch, config.batch_wait_ms / 1000, name="alexfeat-inference"
         )
         self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
@@ -121,11 +123,12 @@ class SearchService:
             "batches": {str(size): n for size, n in sorted(self.batcher.batch_sizes().items())},
         }
 
-    def search_id(self, item_id: int, k: int = 10) -> QueryResult:
-        """Neighbours of an indexed item; ``NotFound`` for an id the index does not hold."""
+    def search_id(self, item_id: int, k: int = 10, expand: int = DEFAULT_EXPAND) -> QueryResult:
+        """Neighbours of an indexed item, as ``search --id`` finds them (``expand``: αQE neighbours, 0: raw);
+        ``NotFound`` for an id the index does not hold."""
         if self._position(item_id) < 0:
             raise NotFound(f"id {item_id} is not in the index (ids are the dataset's `id` column)")
-        return self.searcher.search_ids([item_id], _checked_k(k))[0]
+        return self.searcher.search_ids([item_id], _checked_k(k), expand=_checked_expand(expand))[0]
 
     def _position(self, item_id: int) -> int:
         """The lookup row of an id; -1 when the index does not hold it (ids beyond int64 included)."""
@@ -133,32 +136,38 @@ class SearchService:
             return -1
         return int(self.searcher.dir.lookup.positions([item_id])[0])
 
-    def search_path(self, path: str, k: int = 10) -> QueryResult:
+    def search_path(self, path: str, k: int = 10, expand: int = DEFAULT_EXPAND) -> QueryResult:
         """Neighbours of an indexed item by its path relative to the embedded folder."""
         item_id = self._path_to_id.get(path)
         if item_id is None:
             raise NotFound(f"path {path!r} is not in the index (paths are relative to the embedded folder)")
-        return self.search_id(item_id, k)
+        return self.search_id(item_id, k, expand)
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode an uploaded image (in the caller's thread); ``DecodeError`` for bad input."""
         return self.model.decode(data)
 
-    def submit_image(self, pixels: np.ndarray, k: int = 10) -> Future[list[Hit]]:
+    def submit_image(self, pixels: np.ndarray, k: int = 10, expand: int = DEFAULT_EXPAND) -> Future[list[Hit]]:
         """Queue decoded pixels for the next inference batch; the future gets the ``k`` nearest hits."""
-        return self.batcher.submit((pixels, _checked_k(k)))
+        return self.batcher.submit((pixels, _checked_k(k), _checked_expand(expand)))
 
-    def search_image(self, data: bytes, k: int = 10, name: str = "upload") -> QueryResult:
+    def search_image(self, data: bytes, k: int = 10, name: str = "upload", expand: int = DEFAULT_EXPAND) -> QueryResult:
         """Decode, embed (batched with concurrent queries) and search one image file's bytes; blocks."""
-        hits = self.submit_image(self.decode(data), k).result()
+        hits = self.submit_image(self.decode(data), k, expand).result()
         return QueryResult({"image": name}, hits)
 
-    def _embed_and_search(self, items: list[tuple[np.ndarray, int]]) -> list[list[Hit]]:
+    def _embed_and_search(self, items: list[tuple[np.ndarray, int, int]]) -> list[list[Hit]]:
+        """One forward pass for the batch, then one search per distinct ``expand`` among its queries."""
         start = time.perf_counter()
-        vectors = self.model.embed([pixels for pixels, _ in items])
-        found = self.searcher.search_vectors(vectors, max(k for _, k in items))
+        vectors = self.model.embed([pixels for pixels, _, _ in items])
+        out: list[list[Hit]] = [[] for _ in items]
+        for expand in sorted({e for _, _, e in items}):
+            rows = [i for i, (_, _, e) in enumerate(items) if e == expand]
+            found = self.searcher.search_vectors(vectors[rows], max(items[i][1] for i in rows), expand=expand)
+            for i, hits in zip(rows, found):
+                out[i] = hits[: items[i][1]]
         log.debug("batch of %d in %.1f ms", len(items), 1000 * (time.perf_counter() - start))
-        return [hits[:k] for hits, (_, k) in zip(found, items)]
+        return out
 
     def _thumbnail(self, item_id: int, size: int) -> bytes:
         """A JPEG of an indexed image, at most ``size`` pixels a side; only files of the index are opened."""
@@ -176,6 +185,12 @@ class SearchService:
         if jpeg is None:
             raise NotFound(f"the image of id {item_id} ({lookup.paths[pos]}) cannot be read under {self.images_root}")
         return jpeg
+
+
+def _checked_expand(expand: int) -> int:
+    if not 0 <= expand <= MAX_EXPAND:
+        raise AlexfeatError(f"expand must be between 0 and {MAX_EXPAND}, got {expand}")
+    return expand
 
 
 def _checked_k(k: int) -> int:

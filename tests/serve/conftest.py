@@ -47,7 +47,7 @@ def run_cli(*args: object) -> tuple[int, str]:
 
 @pytest.fixture(scope="session")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(images, index directory): 18 photos embedded with random weights, exact index."""
+    """(images, index directory): 18 photos embedded with random weights, exact index of the raw embeddings."""
     base = tmp_path_factory.mktemp("serve")
     images = base / "images"
     for c, cls in enumerate(CLASSES):
@@ -55,7 +55,8 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             make_photo(images / cls / f"p{i}.jpg", size=(96, 72), seed=10 * c + i)
     code, output = run_cli("embed", images, "-o", base / "emb", "--weights", "random", "--no-progress")
     assert code == 0, output
-    code, output = run_cli("index", "build", base / "emb", "-o", base / "idx", "--no-progress")
+    # --augment 0: stored vectors are the embeddings, so an indexed file queried with expand=0 scores 1.0
+    code, output = run_cli("index", "build", base / "emb", "-o", base / "idx", "--augment", "0", "--no-progress")
     assert code == 0, output
     return images, base / "idx"
 

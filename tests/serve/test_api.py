@@ -27,8 +27,11 @@ def first_id(served: Served, path: str = "cat/p0.jpg") -> int:
     return Searcher(served.index_dir).dir.lookup.path_to_id()[path]
 
 
-def upload(client: httpx.Client, data: bytes, name: str = "q.jpg", k: int | None = None) -> httpx.Response:
-    form = {"k": str(k)} if k is not None else None
+def upload(
+    client: httpx.Client, data: bytes, name: str = "q.jpg", k: int | None = None, expand: int | None = None
+) -> httpx.Response:
+    """POST an image; ``expand=0`` asks for raw nearest neighbours (an indexed copy then scores 1.0 and comes first)."""
+    form = {key: str(v) for key, v in (("k", k), ("expand", expand)) if v is not None} or None
     return client.post("/api/search", files={"image": (name, data, "image/jpeg")}, data=form)
 
 
@@ -58,24 +61,30 @@ def test_search_by_id_and_path_return_what_search_json_returns(served: Served, c
     assert {key: by_id[key] for key in expected} == expected
     assert {key: by_path[key] for key in expected} == expected
     assert [r["rank"] for r in by_id["results"]] == [1, 2, 3, 4, 5]
-    assert by_id["results"][0] == {"rank": 1, "id": item, "path": "cat/p0.jpg", "label": "cat", "score": 1.0}
+    assert by_id["results"][0]["id"] == item  # the item itself first, also with query expansion (the default)
+    raw = client.get("/api/search", params={"id": item, "k": 5, "expand": 0}).json()
+    assert raw["results"][0] == {"rank": 1, "id": item, "path": "cat/p0.jpg", "label": "cat", "score": 1.0}
+    assert raw["results"] == Searcher(served.index_dir).search_ids([item], 5, expand=0)[0].as_dict()["results"]
     assert len(client.get("/api/search", params={"id": item}).json()["results"]) == 10  # k defaults to 10
 
 
 def test_search_by_image_finds_the_indexed_copy_first(served: Served, client: httpx.Client) -> None:
     data = (served.images / "dog" / "p3.jpg").read_bytes()
-    body = upload(client, data, "dog3.jpg", k=4).json()
+    body = upload(client, data, "dog3.jpg", k=4, expand=0).json()
     assert body["query"] == {"image": "dog3.jpg"} and len(body["results"]) == 4
     top = body["results"][0]
     assert (top["path"], top["label"], top["id"]) == ("dog/p3.jpg", "dog", first_id(served, "dog/p3.jpg"))
     assert top["score"] == pytest.approx(1.0, abs=1e-4)
-    assert len(upload(client, data).json()["results"]) == 10
+    default = upload(client, data).json()["results"]  # k 10, expanded as `search --image` does by default
+    expected = Searcher(served.index_dir).search_images([served.images / "dog" / "p3.jpg"], 10).results[0]
+    assert [(h["id"], h["score"]) for h in default] == [(h.id, pytest.approx(h.score, abs=1e-5)) for h in expected.hits]
 
 
 def test_the_service_answers_from_python_as_over_http(served: Served, client: httpx.Client) -> None:
     data = (served.images / "cat" / "p5.jpg").read_bytes()
     result = served.service.search_image(data, k=3, name="p5.jpg")
     body = upload(client, data, "p5.jpg", k=3).json()
+    assert served.service.search_image(data, k=1, expand=0).hits[0].path == "cat/p5.jpg"
     assert result.as_dict() == {key: body[key] for key in ("query", "results")}
     assert served.service.search_path("cat/p5.jpg", 3).hits[0].path == "cat/p5.jpg"
 
@@ -145,7 +154,7 @@ def test_bad_uploads_get_a_4xx_and_the_service_keeps_serving(
         response = upload(client, photo, k=1001)
     assert_error(response, status, *words)
     assert client.get("/api/health").status_code == 200
-    assert upload(client, photo, k=2).json()["results"][0]["path"] == "cat/p1.jpg"
+    assert upload(client, photo, k=2, expand=0).json()["results"][0]["path"] == "cat/p1.jpg"
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,7 @@ def test_bad_uploads_get_a_4xx_and_the_service_keeps_serving(
         ({"id": "abc"}, 422, ["id", "integer"]),
         ({"path": "cat/p0.jpg", "k": 0}, 422, ["k", "greater than or equal to 1"]),
         ({"path": "cat/p0.jpg", "k": 1001}, 422, ["k", "less than or equal to 1000"]),
+        ({"path": "cat/p0.jpg", "expand": -1}, 422, ["expand", "greater than or equal to 0"]),
         ({}, 400, ["give one of the query parameters id or path"]),
         ({"id": 1, "path": "cat/p0.jpg"}, 400, ["give one of"]),
     ],
@@ -178,7 +188,7 @@ def test_concurrent_image_queries_share_forward_passes(served: Served, client: h
     files = sorted(served.images.rglob("*.jpg"))[:12]
     before = sum(served.service.batcher.batch_sizes().values())
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        bodies = list(pool.map(lambda f: upload(client, f.read_bytes(), f.name, k=1).json(), files))
+        bodies = list(pool.map(lambda f: upload(client, f.read_bytes(), f.name, k=1, expand=0).json(), files))
     for f, body in zip(files, bodies):
         assert body["results"][0]["path"] == f.relative_to(served.images).as_posix()
     sizes = served.service.batcher.batch_sizes()
@@ -201,7 +211,7 @@ def test_queries_by_id_do_not_wait_behind_image_inference(served: Served, client
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             photo = (served.images / "dog" / "p0.jpg").read_bytes()
-            pending = pool.submit(upload, client, photo, "dog0.jpg", 1)
+            pending = pool.submit(upload, client, photo, "dog0.jpg", 1, 0)
             assert entered.wait(30)
             start = time.perf_counter()
             by_id = client.get("/api/search", params={"path": "cat/p2.jpg", "k": 3})
