@@ -37,8 +37,8 @@ figcaption { margin-top: 3px; word-break: break-all; } .score { font-weight: bol
 """
 
 
-def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail of an image file (EXIF-oriented), None if it cannot be read."""
+def thumbnail_jpeg(path: Path, size: int = THUMB_SIZE) -> bytes | None:
+    """A JPEG thumbnail of an image file (EXIF-oriented, at most ``size`` pixels a side), None if it cannot be read."""
     from PIL import Image, ImageOps
 
     try:
@@ -51,7 +51,13 @@ def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail of an image file, None if it cannot be read."""
+    jpeg = thumbnail_jpeg(path, size)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _figure(image: Path | None, caption: str, css: str = "") -> str:
