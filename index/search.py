@@ -128,12 +128,13 @@ class Searcher:
 
         extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
         names = [str(f) for f in files]
-        vectors, ok, errors = extractor.embed_paths(names)
-        hits = self.search_vectors(vectors, k) if len(ok) else []
+        embedded = extractor.embed_images(names)
+        hits = self.search_vectors(embedded.values, k) if embedded.indices else []
         results = [
-            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve()) for i, h in zip(ok, hits)
+            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve())
+            for i, h in zip(embedded.indices, hits)
         ]  # UTF-8 text, as the index's own paths are
-        return ImageQueries(results, list(errors))
+        return ImageQueries(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
 
 
 def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:

@@ -34,3 +34,23 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def dev_images() -> Path:
     return shared_path("data", "caltech101_subset20")
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for the whole test session (2 CPUs, a small object store, no dashboard, token
+    authentication off); skipped where Ray is not installed. Engines find it running and leave it running."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'alexfeat[ray]')")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            object_store_memory=256 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
+    yield ray
+    if started:
+        ray.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
@@ -78,6 +80,34 @@ from extractor.parallel.stream import usable_cpus
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: decode processes and TensorFlow on this machine; ray: Ray Data tasks and actors on a Ray "
+    "cluster (pip install 'alexfeat[ray]'; see docs/scale.md).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="auto|ray://HOST:10001",
+    help="With --engine ray: the cluster to join (auto: the one this machine belongs to). Default: a local Ray "
+    "instance started for the job.",
+)
+@click.option(
+    "--num-actors",
+    default=None,
+    type=click.IntRange(1),
+    help="With --engine ray: inference actors (default: half the cluster's CPUs / --cpus-per-actor).",
+)
+@click.option(
+    "--cpus-per-actor",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(
     images_dir: str,
@@ -95,6 +125,10 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    engine: str,
+    address: str | None,
+    num_actors: int | None,
+    cpus_per_actor: float,
     progress: bool | None,
 ) -> None:
     """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
@@ -105,9 +139,21 @@ def embed(
     from extractor.images.discover import discover
     from extractor.network.weights import default_source
 
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.0}
+    given = [name for name, value in ray_only.items() if value]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
     next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
     from extractor.embed.job import EmbedJob
+    from extractor.embed.local import LocalEngine
     from extractor.network.features import FeatureExtractor
+
+    runner: Any = LocalEngine()
+    if engine == "ray":
+        from extractor.embed.ray_engine import RayEngine, import_ray
+
+        import_ray()  # not installed: say how, before the model loads
+        runner = RayEngine(address, num_actors, cpus_per_actor)
 
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
     job = EmbedJob(
@@ -123,6 +169,7 @@ def embed(
         retry_errors=retry_errors,
         overwrite=overwrite,
         progress=progress,
+        engine=runner,
     )
     summary = job.run()
     spec = extractor.spec

@@ -1,47 +1,31 @@
-"""The embed job: discover → plan → decode → infer → write, each stage a small piece joined by bounded queues.
+"""The embed job: discover → plan → decode → infer → write. The job plans and commits; an engine runs the stages.
 
 - :func:`extractor.images.discover.discover` lists the image files;
 - :func:`extractor.embed.resume.plan_resume` decides which are new or changed;
-- :class:`extractor.images.file_decoder.FileDecoder` reads a file once, hashes it and decodes it, in worker processes
-  (:func:`extractor.embed.decode_stream.decode_stream`) so that decoding overlaps TensorFlow's start-up and inference
-  without queueing on the GIL;
-- :class:`extractor.network.features.FeatureExtractor` embeds batches in one compiled TensorFlow graph;
-- :class:`extractor.store.DatasetWriter` appends atomic Parquet parts and records per-file errors.
-
-The pieces are plain callables on plain data, so they also fit a distributed engine's ``map_batches``.
+- an engine (:class:`extractor.embed.local.LocalEngine`, or :class:`extractor.embed.ray_engine.RayEngine` on a Ray
+  cluster) decodes them (:class:`extractor.images.file_decoder.FileDecoder`: bytes read once, hashed, decoded) and
+  embeds batches (:class:`extractor.network.features.FeatureExtractor`), through the shared stages of
+  :mod:`extractor.embed.stages`;
+- :class:`extractor.store.DatasetWriter`, held by the job, appends atomic Parquet parts and records per-file errors.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from extractor import __version__
-from extractor.embed.decode_stream import MAX_DECODE_SECONDS, decode_stream
+from extractor.embed.decode_stream import MAX_DECODE_SECONDS
+from extractor.embed.local import LocalEngine
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
+from extractor.embed.stages import Engine
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.images.discover import FileEntry, discover, label_of
-from extractor.images.file_decoder import Decoded, Failed, FileDecoder
+from extractor.images.discover import FileEntry, discover
 from extractor.network.features import FeatureExtractor
-from extractor.network.tf_runtime import import_tensorflow
-from extractor.parallel.stream import batched, usable_cpus
-from extractor.store import (
-    DatasetWriter,
-    EmbeddingMeta,
-    ErrorRecord,
-    open_for_writing,
-    path_ids,
-    read_errors,
-)
-from extractor.util.progress import Progress
+from extractor.parallel.stream import usable_cpus
+from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, read_errors
 from extractor.util.timing import Phases
 
 log = logging.getLogger(__name__)
@@ -92,6 +76,7 @@ class EmbedJob:
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
+    engine: Engine = field(default_factory=LocalEngine)  # where decoding and inference run
 
     def metadata(self) -> EmbeddingMeta:
         return EmbeddingMeta(
@@ -118,37 +103,11 @@ class EmbedJob:
                 writer.add_errors(unlisted)
             summary.errors += len(unlisted)
             if plan.to_embed:  # an up-to-date dataset never loads TensorFlow
-                self._embed_while_warming_up(plan.to_embed, writer, summary)
+                self.engine.embed(self, plan.to_embed, writer, summary)
             with timer("write"):
                 writer.flush()
         summary.wall_seconds = time.perf_counter() - start
         return summary
-
-    def _embed_while_warming_up(self, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary) -> None:
-        """Decode processes start first; TensorFlow's import and the model build (~3 s of one core) then run in a
-        thread while files decode. Started the other way round, the import's long calls that hold the GIL (loading
-        TensorFlow's libraries) delay the processes' start by ~0.5 s, with a core idle."""
-        decoder = FileDecoder(self.extractor.resize_spec, self.max_pixels)
-        decoded = decode_stream(
-            decoder,
-            todo,
-            self.workers,
-            in_flight=32 * self.batch_size,  # ~150 MB at 32
-            max_seconds=self.max_decode_seconds,
-        )
-        with contextlib.closing(decoded):
-            first = next(decoded)  # the processes are up and decoding
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model") as warm:
-                model_ready = warm.submit(self._warm_up, summary.stages)
-                try:
-                    self._embed(itertools.chain([first], decoded), len(todo), writer, summary, model_ready)
-                finally:
-                    concurrent.futures.wait([model_ready])  # its quiet import must end before errors print
-
-    def _warm_up(self, timer: Phases) -> None:
-        with timer("model"):
-            import_tensorflow()
-            self.extractor.warm_up()
 
     def _plan(self, entries: list[FileEntry]) -> ResumePlan:
         """Compare with what the (already opened, so overwrite-cleared) dataset holds."""
@@ -160,74 +119,8 @@ class EmbedJob:
             retry_errors=self.retry_errors,
         )
 
-    def _embed(
-        self,
-        decoded: Iterator[Decoded | Failed],
-        count: int,
-        writer: DatasetWriter,
-        summary: EmbedSummary,
-        model_ready: concurrent.futures.Future,
-    ) -> None:
-        timer = summary.stages
-        batches = batched(decoded, self.batch_size)
-        with Progress(count, "embed", enabled=self.progress) as progress:
-            early = decoded_while_waiting(batches, model_ready, STARTUP_BUFFER_BYTES)
-            log.debug("%d files decoded while the model started", sum(map(len, early)))
-            for batch in itertools.chain(early, batches):
-                good = [r for r in batch if isinstance(r, Decoded)]
-                bad = [r for r in batch if isinstance(r, Failed)]
-                timer.add("decode", sum(r.seconds for r in batch))
-                model_ready.result()  # raises what the model build raised
-                with timer("infer"):
-                    vectors = self.extractor(np.stack([r.pixels for r in good])) if good else None
-                with timer("write"):
-                    if vectors is not None:
-                        writer.add(_rows(good, vectors))
-                    if bad:
-                        writer.add_errors(
-                            ErrorRecord(r.entry.path, r.error, r.message, r.entry.size, r.entry.mtime_ns) for r in bad
-                        )
-                summary.embedded += len(good)
-                summary.errors += len(bad)
-                progress.update(len(batch), errors=summary.errors)
-
-
-STARTUP_BUFFER_BYTES = 512 * 2**20
-"""Decoded pixels held while TensorFlow starts (~3,400 images at 224 px): enough for its ~5 s on any machine."""
-
-
-def decoded_while_waiting(
-    batches: Iterator[list[Decoded | Failed]], ready: concurrent.futures.Future, max_bytes: int
-) -> list[list[Decoded | Failed]]:
-    """Pull batches while ``ready`` is not done, up to ``max_bytes`` of decoded pixels, so that decoding keeps the
-    cores busy during TensorFlow's start-up instead of stalling on a full queue."""
-    early: list[list[Decoded | Failed]] = []
-    held = 0
-    while not ready.done() and held < max_bytes:
-        batch = next(batches, None)
-        if batch is None:
-            break
-        early.append(batch)
-        held += sum(r.pixels.nbytes for r in batch if isinstance(r, Decoded))
-    return early
-
 
 def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
     """The error record of a folder that could not be listed (or a file that could not be stat'ed)."""
     log.warning("skipping %s: %s", rel_path, exc.strerror or exc)
     return ErrorRecord(rel_path, "unreadable", f"cannot list or stat it: {exc.strerror or exc}")
-
-
-def _rows(decoded: list[Decoded], vectors: np.ndarray) -> dict[str, object]:
-    paths = [r.entry.path for r in decoded]
-    return {
-        "id": path_ids(paths),
-        "path": paths,
-        "label": [label_of(p) for p in paths],
-        "sha256": np.frombuffer(b"".join(r.sha256 for r in decoded), np.uint8).reshape(-1, 32),
-        "size": np.array([r.entry.size for r in decoded], np.int64),
-        "mtime_ns": np.array([r.entry.mtime_ns for r in decoded], np.int64),
-        "width": np.array([r.width for r in decoded], np.int32),
-        "height": np.array([r.height for r in decoded], np.int32),
-        "embedding": vectors,
-    }

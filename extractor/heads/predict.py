@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from extractor.images.batches import apply_model, failures_of, image_batches
 from extractor.images.decode import DEFAULT_MAX_PIXELS, ResizeSpec
-from extractor.images.file_decoder import decode_paths
-from extractor.parallel.stream import batched
 from extractor.util.progress import Progress
 
 
@@ -86,23 +85,16 @@ class ImageClassifier:
         self, paths: Sequence[str], top: int = 3, batch_size: int = 32, workers: int = 2, progress: bool | None = None
     ) -> Iterator[Prediction | PredictError]:
         """Decode ``paths`` (in parallel threads) and classify them in batches, yielding results in input order."""
-        decoded = decode_paths(paths, self.resize, self.max_pixels, max(1, workers), 2 * batch_size)
+        batches = image_batches(paths, self.resize, self.max_pixels, batch_size, max(1, workers))
         with Progress(len(paths), "predict", progress) as bar:
-            for chunk in batched(zip(paths, decoded), batch_size):
-                good = [(path, item) for path, item in chunk if isinstance(item, np.ndarray)]
-                ranked = iter(
-                    rank(
-                        self.probabilities(np.stack([item for _, item in good])),
-                        self.classes,
-                        [path for path, _ in good],
-                        top,
-                    )
-                    if good
-                    else []
-                )
-                for path, item in chunk:
-                    yield next(ranked) if isinstance(item, np.ndarray) else PredictError(path, item.kind, str(item))
-                bar.update(len(chunk))
+            for columns in batches:
+                out = apply_model(columns, self.probabilities, len(self.classes), "probabilities")
+                ok = out["ok"]
+                ranked = iter(rank(out["probabilities"][ok], self.classes, list(out["path"][ok]), top))
+                errors = {i: PredictError(path, kind, message) for i, path, kind, message in failures_of(out)}
+                for i in range(len(ok)):
+                    yield next(ranked) if ok[i] else errors[i]
+                bar.update(len(ok))
 
 
 def predict_vectors(

@@ -11,13 +11,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from extractor.errors import AlexfeatError, WeightsError
 from extractor.network.archs import INPUT_SIZE, POOL5_SHAPE
 from extractor.network.weights import Weights, resolve_weights
+
+if TYPE_CHECKING:
+    from extractor.images.batches import ImageResults
+    from extractor.images.file_decoder import ImageInput
 
 LAYERS = ("pool5", "fc6", "fc7")
 POOL5_POOLINGS = ("avg", "max", "gem", "flatten")
@@ -155,29 +159,25 @@ class FeatureExtractor:
         self.warm_up()
         return self._compiled(images.astype(np.uint8, copy=False)).numpy()
 
-    def embed_paths(
-        self, paths: Sequence[str], max_pixels: int | None = None, batch_size: int = 32, workers: int = 2
-    ) -> tuple[np.ndarray, list[int], list[tuple[str, str, str]]]:
-        """Decode (in ``workers`` threads) and embed image files; returns (vectors, indices of ``paths`` embedded,
-        errors). Each error is ``(path, error kind, message)``; a bad file never stops the others.
-        """
-        from extractor.images.decode import DEFAULT_MAX_PIXELS
-        from extractor.images.file_decoder import decode_paths
-        from extractor.parallel.stream import batched
+    def embed_images(
+        self,
+        inputs: Sequence[ImageInput],
+        max_pixels: int | None = None,
+        batch_size: int = 32,
+        workers: int = 2,
+        names: Sequence[str] | None = None,
+    ) -> ImageResults:
+        """Decode image files or bytes (in ``workers`` threads) and embed them in batches, keeping their order.
 
-        decoded = decode_paths(paths, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, workers, 4 * batch_size)
-        chunks, ok, errors = [], [], []
-        for first, batch in zip(range(0, len(paths), batch_size), batched(decoded, batch_size)):
-            good = [pixels for pixels in batch if isinstance(pixels, np.ndarray)]
-            for i, result in enumerate(batch, first):
-                if isinstance(result, np.ndarray):
-                    ok.append(i)
-                else:
-                    errors.append((str(paths[i]), result.kind, str(result)))
-            if good:
-                chunks.append(self(np.stack(good)))
-        vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.spec.dim), np.float32)
-        return vectors, ok, errors
+        Returns ``values`` (float32 (n, dim)) of the inputs that decoded, their ``indices`` among ``inputs``, and a
+        ``(position, name, error kind, message)`` per input that did not; a bad input never stops the others.
+        """
+        from extractor.images.batches import map_images
+        from extractor.images.decode import DEFAULT_MAX_PIXELS
+
+        return map_images(
+            self, self.spec.dim, inputs, self.resize_spec, max_pixels or DEFAULT_MAX_PIXELS, batch_size, workers, names
+        )
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | Any, weights: str | None = None) -> FeatureExtractor:

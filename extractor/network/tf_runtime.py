@@ -76,10 +76,11 @@ def _skipped(names: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def import_tensorflow() -> ModuleType:
+def import_tensorflow(threads: int | None = None) -> ModuleType:
     """Import TensorFlow and initialise its devices, quietly: its C++ start-up log lines (CUDA probing, oneDNN)
     are hidden, the modules in ``SKIPPED_AT_IMPORT`` are kept out of the import, and the garbage collector waits
-    until it is over. Once imported, TensorFlow is returned as it is.
+    until it is over. Once imported, TensorFlow is returned as it is. ``threads`` sets its intra- and inter-op
+    thread pools (an actor given that many CPUs); it applies only to the first import in a process.
 
     ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide the lines: some are printed before TensorFlow reads it.
     """
@@ -91,6 +92,9 @@ def import_tensorflow() -> ModuleType:
     with _stderr_filtered(), _skipped(SKIPPED_AT_IMPORT), _without_gc():
         import tensorflow as tf
 
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
         tf.config.list_physical_devices()
         import keras  # noqa: F401  (Keras prints its own backend notice on first import)
     return tf

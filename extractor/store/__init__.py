@@ -18,6 +18,7 @@ from extractor.store.layout import (
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import COMPAT_FIELDS, FORMAT_VERSION, META_KEY, EmbeddingMeta, path_id, path_ids
 from extractor.store.reader import Dataset, load_dataset, read_errors, read_meta
+from extractor.store.table import errors_table, to_table, write_errors
 from extractor.store.writer import DatasetWriter, open_for_writing
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ErrorRecord",
     "arrow_schema",
     "dataset_lock",
+    "errors_table",
     "default_rows_per_part",
     "list_parts",
     "load_dataset",
@@ -44,4 +46,6 @@ __all__ = [
     "path_ids",
     "read_errors",
     "read_meta",
+    "to_table",
+    "write_errors",
 ]

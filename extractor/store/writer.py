@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -15,10 +14,8 @@ import pyarrow as pa
 
 from extractor.errors import DatasetError
 from extractor.store.layout import (
-    COLUMNS,
     COMPRESSION,
     ERRORS_NAME,
-    ERRORS_SCHEMA,
     MAX_PART_SECONDS,
     PART_RE,
     TMP_RE,
@@ -30,9 +27,10 @@ from extractor.store.layout import (
     part_number,
 )
 from extractor.store.lock import dataset_lock
-from extractor.store.meta import EmbeddingMeta, path_id, path_ids
+from extractor.store.meta import EmbeddingMeta, path_id
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
+from extractor.store.table import to_table, write_errors
 from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -47,26 +45,6 @@ def _refuse_foreign(directory: Path) -> None:
             f"{directory} is not empty and is not an alexfeat embeddings directory (it holds "
             f"{shown}); choose a new or empty output directory"
         )
-
-
-def _column_array(name: str, value: Any, field: pa.Field) -> pa.Array | pa.ChunkedArray:
-    """One column of rows given to ``DatasetWriter.add`` as the schema's Arrow type."""
-    if isinstance(value, (pa.Array, pa.ChunkedArray)):
-        return value if value.type == field.type else value.cast(field.type)
-    if name == "embedding":
-        matrix = np.ascontiguousarray(value, dtype=np.float32)
-        dim = field.type.list_size
-        if matrix.ndim != 2 or matrix.shape[1] != dim:
-            raise ValueError(f"embedding must be an (n, {dim}) matrix, got shape {matrix.shape}")
-        if not np.isfinite(matrix).all():
-            raise ValueError("embedding holds NaN or infinite values")
-        return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
-    if name == "sha256" and isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        digests = np.ascontiguousarray(value)
-        if digests.ndim != 2 or digests.shape[1] != 32:
-            raise ValueError(f"sha256 as an array must be (n, 32) uint8, got shape {digests.shape}")
-        return pa.FixedSizeBinaryArray.from_buffers(field.type, len(digests), [None, pa.py_buffer(digests)])
-    return pa.array(value, type=field.type)
 
 
 class DatasetWriter:
@@ -254,37 +232,12 @@ class DatasetWriter:
     # -- internals
 
     def _to_table(self, rows: pa.Table | Mapping[str, Any]) -> pa.Table:
-        columns: dict[str, Any] = (
-            {name: rows.column(name) for name in rows.column_names} if isinstance(rows, pa.Table) else dict(rows)
-        )
-        unknown = sorted(set(columns) - set(COLUMNS))
-        missing = [name for name in COLUMNS if name != "id" and name not in columns]
-        if unknown or missing:
-            raise ValueError(
-                f"rows must have the columns {COLUMNS[1:]} (id optional); missing {missing}, unknown {unknown}"
-            )
-        paths = _column_array("path", columns["path"], self.schema.field("path"))
-        path_list = paths.to_pylist()
-        ids = path_ids(path_list)
-        if "id" in columns and not np.array_equal(np.asarray(columns["id"], dtype=np.int64), ids):
-            raise ValueError("the id column must be path_id(path) of each row")
-        arrays = [pa.array(ids)] + [
-            _column_array(f.name, paths if f.name == "path" else columns[f.name], f) for f in list(self.schema)[1:]
-        ]
-        try:
-            table = pa.Table.from_arrays(arrays, schema=self.schema)
-        except (pa.ArrowInvalid, ValueError) as exc:
-            raise ValueError(f"rows do not fit the dataset schema: {exc}") from exc
-        nulls = [f.name for f in self.schema if not f.nullable and table.column(f.name).null_count]
-        if nulls:
-            raise ValueError(f"columns {nulls} must not hold nulls")
-        self._check_new_ids(ids, path_list)
+        table = to_table(rows, self.schema)
+        self._check_new_ids(table.column("id").to_numpy(), table.column("path").to_pylist())
         return table
 
     def _check_new_ids(self, ids: np.ndarray, paths: list[str]) -> None:
         batch = ids.tolist()
-        if len(set(batch)) != len(batch):
-            raise ValueError("the rows repeat a path")
         pos = np.minimum(np.searchsorted(self._known, ids), max(len(self._known) - 1, 0))
         on_disk = (self._known[pos] == ids) if len(self._known) else np.zeros(len(ids), dtype=bool)
         for i, value in enumerate(batch):
@@ -355,14 +308,7 @@ class DatasetWriter:
     def _write_errors(self) -> None:
         if not self._errors_dirty:
             return
-        target = self.out_dir / ERRORS_NAME
-        if self._errors:
-            rows = [dataclasses.asdict(self._errors[p]) for p in sorted(self._errors)]
-            table = pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA.with_metadata(self.schema.metadata))
-            write_parquet_atomic(table, target, self.compression)
-        elif target.exists():
-            target.unlink()
-            fsync_dir(self.out_dir)
+        write_errors(self.out_dir, self._errors.values(), self.schema, self.compression)
         self._errors_dirty = False
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from extractor.embed.decode_stream import CRASHES_IN_A_ROW, chunks, decode_stream
-from extractor.embed.job import decoded_while_waiting
+from extractor.embed.local import decoded_while_waiting
 from extractor.errors import AlexfeatError
 from extractor.images.decode import ResizeSpec
 from extractor.images.discover import FileEntry, discover

@@ -1,0 +1,204 @@
+"""The Ray Data engine: the embed job's stages on a Ray cluster (``alexfeat embed --engine ray``).
+
+The driver (this process) plans as the local engine does (discover, resume) and commits: it holds the dataset's
+writer, so parts are written atomically under the same names, in one place, and a killed job leaves only complete
+parts. In between, Ray Data runs the shared stages:
+
+- ``from_items``: the planned entries (relative key, where the bytes are, size, change token);
+- decode in tasks (``map_batches`` with a function): bytes read once, sha256, decoded (``FileDecoder``), as
+  ``decode_columns``; a file that cannot be decoded becomes an error row of its batch, never a failed task;
+- inference in ``map_batches`` with a callable class under ``ActorPoolStrategy``: each actor builds the model once
+  in ``__init__`` from the dataset's metadata (weights resolved and checked on its node; a Keras model is never
+  pickled), TensorFlow's threads set to the actor's CPUs;
+- the driver turns each embedded batch into rows and error records (``stages.commit``); the embedding column is
+  built as ``fixed_size_list<float32>`` by ``store.to_table``, never Ray's tensor extension type.
+
+Images must be readable at the same absolute paths on every node (a shared file system), as must a weights file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from extractor.embed.stages import commit
+from extractor.errors import AlexfeatError
+from extractor.images.batches import Columns, apply_model, decode_columns, entries_of, entry_columns
+from extractor.images.decode import ResizeSpec
+from extractor.images.discover import FileEntry
+from extractor.images.file_decoder import FileDecoder
+from extractor.store import DatasetWriter
+from extractor.util.progress import Progress
+
+if TYPE_CHECKING:
+    from extractor.embed.job import EmbedJob, EmbedSummary
+
+log = logging.getLogger(__name__)
+
+RAY_VERSION = "2.60"
+INSTALL_HINT = "pip install 'alexfeat[ray]'"
+DECODE_RETRIES = 2
+"""Times a decode task is run again after its worker process died (a node lost, or a file that crashes it)."""
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or an AlexfeatError that says how to install it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise AlexfeatError(
+            f"--engine ray needs Ray Data ({exc.name or 'ray'} is not installed): {INSTALL_HINT} "
+            f"(ray[data] {RAY_VERSION}), on this machine and on every node of the cluster"
+        ) from None
+    return ray
+
+
+@dataclass
+class RayEngine:
+    """Decode in Ray tasks, embed in ``num_actors`` actors of ``cpus_per_actor`` CPUs each.
+
+    ``address``: None starts a local Ray instance (or uses the one this process already started), ``auto``
+    joins the cluster this machine belongs to, ``ray://HOST:10001`` connects through Ray Client. ``num_actors``
+    None: one actor per ``cpus_per_actor`` CPUs of half the cluster (the other half decodes), at least one.
+    """
+
+    address: str | None = None
+    num_actors: int | None = None
+    cpus_per_actor: float = 1.0
+    name: str = "ray"
+
+    def embed(self, job: EmbedJob, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary) -> None:
+        ray = import_ray()
+        timer = summary.stages
+        with timer("start"):
+            started = _connect(ray, self.address)
+        try:
+            with timer("start"):
+                actors = self.num_actors or max(
+                    1, int(ray.cluster_resources().get("CPU", 1) // 2 // self.cpus_per_actor)
+                )
+                batches = self._pipeline(ray, job, todo, actors)
+            with Progress(len(todo), "embed", enabled=job.progress) as progress:
+                for batch in _timed(batches, timer, "infer"):
+                    timer.add("decode", float(batch["seconds"].sum()))
+                    with timer("write"):
+                        good, bad = commit(writer, batch)
+                    summary.embedded += good
+                    summary.errors += bad
+                    progress.update(good + bad, errors=summary.errors)
+        except ray.exceptions.RayError as exc:
+            raise AlexfeatError(
+                f"the Ray job failed after {summary.embedded + summary.errors} files: {_first_line(exc)}. The "
+                "finished batches are kept: run the same command again to embed the rest"
+            ) from None
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _pipeline(self, ray: Any, job: EmbedJob, todo: list[FileEntry], actors: int) -> Iterator[Columns]:
+        """The Ray Data plan from the entries to embedded batches, consumed (streamed) by the driver."""
+        spec = job.extractor.spec
+        context = ray.data.DataContext.get_current()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notice that the progress bars are off
+        context.enable_progress_bars = False  # the driver shows its own, in images/s
+        columns = entry_columns(todo)
+        items = [dict(zip(columns, row)) for row in zip(*(columns[name].tolist() for name in columns))]
+        ds = ray.data.from_items(items)
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named option for a task's retries; ``ray_remote_args_fn`` (deprecated, removed in
+            # 2.64: the extra pins 2.60) sets them. A file that ends its worker process (a crash in an image
+            # library) then fails its task a bounded number of times, not forever (Ray Data's default); options
+            # given this way also keep Ray from fusing the decoding into the inference actors, so decoding
+            # scales over the cluster's CPUs on its own.
+            warnings.filterwarnings("ignore", "`ray_remote_args_fn` is deprecated")
+            ds = ds.map_batches(
+                functools.partial(decode_batch, resize=spec.resize, max_pixels=job.max_pixels),
+                batch_size=job.batch_size,
+                batch_format="numpy",
+                num_cpus=1,
+                ray_remote_args_fn=_decode_task_options,
+            )
+        ds = ds.map_batches(
+            Embedder,
+            fn_constructor_kwargs={
+                "metadata": dataclasses.asdict(job.metadata()),
+                "threads": math.ceil(self.cpus_per_actor),
+            },
+            batch_size=job.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=self.cpus_per_actor,
+        )
+        return iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+
+
+def _decode_task_options() -> dict[str, Any]:
+    return {"max_retries": DECODE_RETRIES}
+
+
+def decode_batch(batch: Columns, resize: str, max_pixels: int) -> Columns:
+    """A Ray decode task: entries (``entry_columns``) → ``decode_columns`` (pixels, or each file's error)."""
+    spec = ResizeSpec.parse(resize)
+    decoder = FileDecoder(spec, max_pixels)
+    return decode_columns([decoder(entry) for entry in entries_of(batch)], spec.output_size)
+
+
+class Embedder:
+    """A Ray actor's model: built once from the dataset's metadata, then ``apply_model`` on each batch."""
+
+    def __init__(self, metadata: dict[str, Any], threads: int) -> None:
+        from extractor.network.features import FeatureExtractor
+        from extractor.network.tf_runtime import import_tensorflow
+
+        import_tensorflow(threads)
+        self.extractor = FeatureExtractor.from_metadata(metadata)
+        self.extractor.warm_up()
+
+    def __call__(self, batch: Columns) -> Columns:
+        return apply_model(batch, self.extractor, self.extractor.spec.dim)
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join or start Ray; True when this call started it (so the job shuts it down)."""
+    if ray.is_initialized():
+        return False
+    for name in ("ray", "ray.data"):  # start-up INFO lines stay in Ray's log files, out of the user's terminal
+        logging.getLogger(name).setLevel(logging.WARNING)
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address is None:
+        options |= {"include_dashboard": False, "num_cpus": os.cpu_count()}
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise AlexfeatError(
+            f"cannot connect to the Ray cluster at {address!r} ({exc}); start it with `ray start --head` "
+            "(see docs/scale.md), or leave --address out to run a local Ray instance"
+        ) from None
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _timed(batches: Iterator[Columns], timer: Any, name: str) -> Iterator[Columns]:
+    """Pass ``batches`` on, timing the waits for each under ``name`` (the driver waits while the cluster works)."""
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        timer.add(name, time.perf_counter() - start)
+        if batch is None:
+            return
+        yield {key: np.asarray(value) for key, value in batch.items()}
