@@ -1,4 +1,5 @@
-"""``alexfeat embed``: image folders → L2-normalised AlexNet embeddings in a Parquet dataset."""
+"""``alexfeat embed``: images (a folder, a manifest, an object store, tar shards) → L2-normalised AlexNet embeddings
+in a Parquet dataset."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from extractor.parallel.stream import usable_cpus
 
 
 @click.command()
-@click.argument("images_dir", type=click.Path(file_okay=False))
+@click.argument("source", required=False, metavar="SOURCE")
 @click.option(
     "-o",
     "--output",
@@ -108,9 +109,25 @@ from extractor.parallel.stream import usable_cpus
     type=click.FloatRange(0.1),
     help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
 )
+@click.option(
+    "--from-list",
+    "from_list",
+    default=None,
+    metavar="FILE",
+    help="Embed the images FILE lists instead: a text file (one path or URL a line), or a CSV or Parquet file "
+    "with a 'path' column and an optional 'label' column.",
+)
+@click.option(
+    "--root",
+    "list_root",
+    default=None,
+    metavar="DIR|URL",
+    help="With --from-list: where relative paths resolve (default: the list's folder); the stored paths are "
+    "relative to it.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def embed(
-    images_dir: str,
+    source: str | None,
     out_dir: str,
     weights: str | None,
     arch: str | None,
@@ -129,21 +146,31 @@ def embed(
     address: str | None,
     num_actors: int | None,
     cpus_per_actor: float,
+    from_list: str | None,
+    list_root: str | None,
     progress: bool | None,
 ) -> None:
-    """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
+    """Embed every image of SOURCE into the Parquet dataset OUT_DIR.
+
+    SOURCE is a folder, an object-store prefix (s3://bucket/prefix, gs://..., az://...; credentials and
+    endpoint from the environment, e.g. AWS_PROFILE, AWS_ENDPOINT_URL), or tar shards ('shards/{00000..00099}.tar',
+    'shards/*.tar', or a folder of .tar files); or give --from-list FILE instead.
 
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
     OUT_DIR/_errors.parquet and never stop the job.
     """
-    from extractor.images.discover import discover
+    from extractor.images.sources import open_source
     from extractor.network.weights import default_source
 
     ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.0}
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
-    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
+    if (source is None) == (from_list is None):
+        raise click.UsageError("give SOURCE (a folder, URL or tar shards) or --from-list FILE, one of them")
+    if list_root is not None and from_list is None:
+        raise click.UsageError("--root only applies with --from-list")
+    images = open_source(source, from_list, list_root)  # a missing folder or shard pattern fails before the model
     from extractor.embed.job import EmbedJob
     from extractor.embed.local import LocalEngine
     from extractor.network.features import FeatureExtractor
@@ -157,7 +184,7 @@ def embed(
 
     extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
     job = EmbedJob(
-        images_dir,
+        images,
         out_dir,
         extractor,
         batch_size=batch_size,

@@ -1,9 +1,11 @@
-"""The embed job: discover → plan → decode → infer → write. The job plans and commits; an engine runs the stages.
+"""The embed job: list → plan → decode → infer → write. The job plans and commits; an engine runs the stages.
 
-- :func:`extractor.images.discover.discover` lists the image files;
+- an input source (:mod:`extractor.images.sources`: a folder, a manifest, an object-store prefix, tar shards)
+  lists the images as entries (relative key, label, size, change token, where the bytes are);
 - :func:`extractor.embed.resume.plan_resume` decides which are new or changed;
 - an engine (:class:`extractor.embed.local.LocalEngine`, or :class:`extractor.embed.ray_engine.RayEngine` on a Ray
-  cluster) decodes them (:class:`extractor.images.file_decoder.FileDecoder`: bytes read once, hashed, decoded) and
+  cluster) decodes them (:class:`extractor.images.file_decoder.FileDecoder`: bytes read once through the source,
+  hashed, decoded) and
   embeds batches (:class:`extractor.network.features.FeatureExtractor`), through the shared stages of
   :mod:`extractor.embed.stages`;
 - :class:`extractor.store.DatasetWriter`, held by the job, appends atomic Parquet parts and records per-file errors.
@@ -22,7 +24,8 @@ from extractor.embed.local import LocalEngine
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
 from extractor.embed.stages import Engine
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.images.discover import FileEntry, discover
+from extractor.images.discover import FileEntry
+from extractor.images.sources import Source, SourceError, open_source
 from extractor.network.features import FeatureExtractor
 from extractor.parallel.stream import usable_cpus
 from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, read_errors
@@ -62,9 +65,11 @@ class EmbedSummary:
 
 @dataclass
 class EmbedJob:
-    """One ``alexfeat embed`` run over ``images_dir`` into the dataset ``out_dir``."""
+    """One ``alexfeat embed`` run over ``source`` into the dataset ``out_dir``.
 
-    images_dir: str
+    ``source``: an input source, or what ``open_source`` takes (a folder, ``s3://bucket/prefix``, tar shards)."""
+
+    source: Source | str | os.PathLike[str]
     out_dir: str
     extractor: FeatureExtractor
     batch_size: int = 32
@@ -78,10 +83,17 @@ class EmbedJob:
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
     engine: Engine = field(default_factory=LocalEngine)  # where decoding and inference run
 
+    def __post_init__(self) -> None:
+        if isinstance(self.source, (str, os.PathLike)):
+            self.source = open_source(self.source)
+
+    @property
+    def input(self) -> Source:
+        assert not isinstance(self.source, (str, os.PathLike))  # opened in __post_init__
+        return self.source
+
     def metadata(self) -> EmbeddingMeta:
-        return EmbeddingMeta(
-            **self.extractor.spec.as_dict(), root=os.path.abspath(self.images_dir), package_version=__version__
-        )
+        return EmbeddingMeta(**self.extractor.spec.as_dict(), root=self.input.root, package_version=__version__)
 
     def run(self) -> EmbedSummary:
         summary = EmbedSummary()
@@ -90,9 +102,9 @@ class EmbedJob:
         with open_for_writing(
             self.out_dir, self.metadata(), overwrite=self.overwrite, rows_per_part=self.rows_per_part
         ) as writer:
-            unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
+            unlisted: list[ErrorRecord] = []  # what could not be listed (a folder, a missing file): recorded
             with timer("discover"):
-                entries = list(discover(self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
+                entries = list(self.input.list(lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -121,6 +133,10 @@ class EmbedJob:
 
 
 def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
-    """The error record of a folder that could not be listed (or a file that could not be stat'ed)."""
+    """The error record (without size: made again by each listing) of what a source could not list: a folder, a
+    file that could not be stat'ed, a manifest's missing file, the rest of a truncated tar shard."""
+    if isinstance(exc, SourceError):
+        log.warning("skipping %s: %s", rel_path, exc.message)
+        return ErrorRecord(rel_path, exc.kind, exc.message)
     log.warning("skipping %s: %s", rel_path, exc.strerror or exc)
     return ErrorRecord(rel_path, "unreadable", f"cannot list or stat it: {exc.strerror or exc}")
