@@ -195,8 +195,8 @@ def _query_files(queries_dir: str) -> list[str]:
 @click.option(
     "--images-root",
     default=None,
-    type=click.Path(file_okay=False),
-    help="Folder of the indexed images for --html, when not where the index recorded it.",
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the indexed images for --html, when not where the index recorded it.",
 )
 def search(
     index_dir: str,
@@ -241,8 +241,14 @@ def search(
     if html_file and root is not None:
         from index.html import write_page
 
-        write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
+        thumbs = write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
         click.echo(f"wrote {html_file}: queries {len(results)}, neighbours {k} each", err=as_json)
+        if thumbs.missing:
+            click.echo(
+                f"{thumbs.missing} of {len(thumbs.uris)} images could not be read from {root} (shown as "
+                f"placeholders; first: {thumbs.first_error}); --images-root names another copy",
+                err=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------------------- dedup

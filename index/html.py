@@ -1,7 +1,9 @@
 """The search results page: one self-contained HTML file, each query beside its neighbours with their scores.
 
-Thumbnails are inline base64 JPEGs, so the page can be mailed or archived; an image that cannot be read shows
-as a labelled placeholder instead of breaking the page.
+Thumbnails are inline base64 JPEGs, so the page can be mailed or archived. The indexed images are read through
+the dataset's source (``extractor.images.sources.read_stored``: a folder, tar shards, an object store, all the
+page's images in one go); one that cannot be read now (deleted, or the store unreachable) shows as a labelled
+placeholder instead of breaking the page, and the page says how many.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.errors import AlexfeatError
+from extractor.images.sources import read_stored
 from extractor.util.atomic import write_text_atomic
 from index.search import Hit, QueryResult
 
@@ -35,26 +39,52 @@ figcaption { margin-top: 3px; word-break: break-all; } .score { font-weight: bol
 """
 
 
-def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail of an image file (EXIF-oriented), None if it cannot be read."""
+@dataclass
+class Thumbnails:
+    """The page's thumbnails by stored path (None: unavailable), and why the first unavailable one was."""
+
+    uris: dict[str, str | None] = field(default_factory=dict)
+    first_error: str = ""
+
+    @property
+    def missing(self) -> int:
+        return sum(uri is None for uri in self.uris.values())
+
+
+def load_thumbnails(images_root: str, paths: Sequence[str]) -> Thumbnails:
+    """Thumbnails of the stored ``paths`` of a dataset recorded with ``images_root``, read through its source."""
+    unique = list(dict.fromkeys(paths))
+    thumbs = Thumbnails()
+    for path, data in zip(unique, read_stored(images_root, unique)):
+        if isinstance(data, OSError):
+            log.warning("no thumbnail for %s: %s", path, data)
+            thumbs.first_error = thumbs.first_error or f"{path}: {data}"
+            thumbs.uris[path] = None
+        else:
+            thumbs.uris[path] = thumbnail_uri(data, name=path)
+    return thumbs
+
+
+def thumbnail_uri(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail of an image file or its bytes (EXIF-oriented), None if it cannot
+    be read."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size * 2, size * 2))
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            opened.draft("RGB", (size * 2, size * 2))
+            thumb = ImageOps.exif_transpose(opened).convert("RGB")
             thumb.thumbnail((size, size))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", name or str(image)[:80], exc)
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(image: Path | None, caption: str, css: str = "") -> str:
-    uri = thumbnail_uri(image) if image is not None else None
-    picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not found</div>'
+def _figure(uri: str | None, caption: str, css: str = "") -> str:
+    picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not available</div>'
     return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
@@ -69,29 +99,43 @@ def _query_title(result: QueryResult) -> str:
     return f"id {result.query['id']} · {result.query['path']}"
 
 
-def render_page(results: Sequence[QueryResult], images_root: Path, title: str = "alexfeat search") -> str:
-    """The HTML page for ``results``; indexed images are found under ``images_root``."""
+def render_page(
+    results: Sequence[QueryResult], images_root: str, title: str = "alexfeat search"
+) -> tuple[str, Thumbnails]:
+    """The HTML page for ``results`` and its thumbnails; indexed images are read from ``images_root`` (the
+    dataset's recorded root, a folder or URL)."""
+    stored = [hit.path for result in results for hit in result.hits]
+    stored += [result.query["path"] for result in results if result.image_file is None and "path" in result.query]
+    thumbs = load_thumbnails(images_root, stored)
     sections = []
     for result in results:
-        query_image = result.image_file or (images_root / result.query["path"] if "path" in result.query else None)
-        figures = [_figure(query_image, "query", "query")]
-        figures += [_figure(images_root / hit.path, _hit_caption(hit)) for hit in result.hits]
+        query_uri = (
+            thumbnail_uri(result.image_file)
+            if result.image_file is not None
+            else thumbs.uris.get(result.query.get("path", ""))
+        )
+        figures = [_figure(query_uri, "query", "query")]
+        figures += [_figure(thumbs.uris[hit.path], _hit_caption(hit)) for hit in result.hits]
         sections.append(
             f'<section><h2>{html.escape(_query_title(result))}</h2><div class="row">{"".join(figures)}</div></section>'
         )
-    return (
+    unavailable = f"; {thumbs.missing} images not available there now" if thumbs.missing else ""
+    page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f'<p class="meta">queries: {len(results)}; score = cosine similarity; images from '
-        f"{html.escape(str(images_root))}</p>{''.join(sections)}</body></html>\n"
+        f"{html.escape(images_root)}{unavailable}</p>{''.join(sections)}</body></html>\n"
     )
+    return page, thumbs
 
 
 def write_page(
-    results: Sequence[QueryResult], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat search"
-) -> None:
-    """Write the results page to ``out`` atomically."""
+    results: Sequence[QueryResult], images_root: str, out: str | os.PathLike[str], title: str = "alexfeat search"
+) -> Thumbnails:
+    """Write the results page to ``out`` atomically; returns its thumbnails (how many were unavailable)."""
+    page, thumbs = render_page(results, images_root, title)
     try:
-        write_text_atomic(out, render_page(results, images_root, title))
+        write_text_atomic(out, page)
     except OSError as exc:
         raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
+    return thumbs

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
+from extractor.images.sources import is_url
 from index import ops
 from index.indexdir import IndexDir, open_index_dir, resolve_targets
 
@@ -146,13 +147,15 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
     return [replace(h, rank=rank) for rank, h in enumerate(ordered, 1)]
 
 
-def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
-    """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
-    root = Path(override) if override is not None else Path(searcher.dir.info["embedding_metadata"]["root"])
-    if not root.is_dir():
+def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> str:
+    """Where the indexed images are: ``override`` or the dataset root recorded in the index (a folder, the folder
+    of tar shards, or an object-store URL: stored paths are relative to it). A local folder must exist; an object
+    store is not contacted here (an image it cannot give becomes a placeholder)."""
+    root = os.fspath(override) if override is not None else str(searcher.dir.info["embedding_metadata"]["root"])
+    if not is_url(root) and not os.path.isdir(root):
         source = "given with --images-root" if override is not None else "recorded in the index"
         raise AlexfeatError(
             f"the images folder {root} ({source}) does not exist here; pass --images-root with "
-            "the folder that was embedded"
+            "the folder (or URL) that was embedded"
         )
     return root

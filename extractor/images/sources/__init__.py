@@ -50,6 +50,7 @@ __all__ = [
     "change_token",
     "entry_sha256",
     "expand_braces",
+    "is_url",
     "open_source",
     "public_url",
     "read_entries",
