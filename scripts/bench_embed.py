@@ -1,7 +1,7 @@
 """Benchmark ``alexfeat embed`` end to end against the bound its two stages imply on this machine.
 
     python scripts/bench_embed.py [--small 1000,5000] [--large 200,1000] [--repeats 3] [--workdir DIR]
-                                  [--reference-python PYTHON_WITH_TORCH]
+                                  [--reference-python PYTHON_WITH_TORCH] [--source local|s3]
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
 measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights),
@@ -21,6 +21,12 @@ cores) and one of real size (5,000 and 1,000 files, about a minute each).
 Each row also gives that cost as the whole command's seconds beyond the bound (``extra s``), and the set size
 from which the ratio reaches 0.90 with that cost (``0.90 from``: 9 x extra x bound). With ``--reference-python``,
 the plain PyTorch pipeline of ``torch_reference.py`` runs on the same sets, interleaved, as the baseline to beat.
+
+With ``--source s3`` each set is also uploaded to an S3-compatible server started here on loopback (moto's
+``ThreadedMotoServer``, ``pip install 'moto[server]' s3fs``; it holds the objects in memory, so keep the sets
+small, e.g. ``--small 1000 --large 0``), and each repeat runs the whole command on ``s3://bench/<set>`` right after
+the local run: ``s3/s`` and ``s3/local`` (the ratio per repeat, then the median). The server's own work (Python,
+one thread per request) runs on the same cores as the job, which a real object store's does not.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
     return sample
 
 
-def embed_once(folder: Path, out: Path, batch_size: int) -> tuple[float, float]:
+def embed_once(folder: Path | str, out: Path, batch_size: int) -> tuple[float, float]:
     """Seconds of the whole ``alexfeat embed`` command, and of its job alone (the summary's wall time)."""
     cmd = [
         sys.executable,
@@ -167,6 +173,10 @@ def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) 
         model, decode = model_rate(extractor, args.batch_size), decode_rate(sample, extractor.resize_spec, workers)
         bound = 1.0 / (1.0 / model + 1.0 / decode)
         whole, job = embed_once(folder, out, args.batch_size)
+        remote = {}
+        if args.source == "s3":
+            s3_whole, _ = embed_once(f"s3://{BUCKET}/{folder.name}", out, args.batch_size)
+            remote = {"s3": count / s3_whole, "s3_ratio": whole / s3_whole}
         row = {
             "model": model,
             "decode": decode,
@@ -176,6 +186,7 @@ def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) 
             "ratio": count / whole / bound,
             "job_ratio": count / job / bound,
             "extra": whole - count / bound,
+            **remote,
         }
         if args.reference_python:
             read_all(folder)
@@ -184,6 +195,43 @@ def measure(extractor, folder: Path, count: int, out: Path, args, workers: int) 
         rows.append(row)
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
     return {**medians, "lowest": min(row["ratio"] for row in rows)}
+
+
+BUCKET = "bench"
+
+
+def start_s3():
+    """An S3-compatible server on a free loopback port, reached through AWS_ENDPOINT_URL (the embed commands run
+    as child processes inherit it), with a ``bench`` bucket."""
+    import logging
+    import socket
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    fsspec.filesystem("s3").mkdir(BUCKET)
+    return server
+
+
+def upload(folder: Path) -> None:
+    """The set's files as objects under ``s3://bench/<set>/`` (once per set)."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    if not fs.exists(f"{BUCKET}/{folder.name}"):
+        fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
 
 
 def counts(text: str) -> list[int]:
@@ -198,6 +246,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
+    parser.add_argument(
+        "--source",
+        choices=["local", "s3"],
+        default="local",
+        help="s3: also embed each set from a loopback S3 server (moto), beside the local run",
+    )
     parser.add_argument(
         "--reference-python",
         default=None,
@@ -214,6 +268,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alexfeat-bench-"))
     workers = usable_cpus()
+    server = start_s3() if args.source == "s3" else None
     import_tensorflow()
     extractor = FeatureExtractor("random", arch="torchvision")
     print(f"batch {args.batch_size}, {workers} cores, medians of {args.repeats} repeats (ratios per repeat)")
@@ -221,13 +276,17 @@ def main() -> None:
         f"{'set':<6} {'size':>10} {'n':>5} {'model/s':>8} {'decode/s':>9} {'bound/s':>8} {'embed/s':>8} "
         f"{'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'extra s':>8} {'0.90 from':>9}"
         + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else "")
+        + (f" {'s3/s':>7} {'s3/local':>8}" if server else "")
     )
     for name, sizes in (("small", args.small), ("large", args.large)):
         for count in sizes:
             folder = make_set(workdir, name, count)
+            if server:
+                upload(folder)
             r = measure(extractor, folder, count, workdir / f"emb-{name}", args, workers)
             width, height = SETS[name]
             reference = f" {r['torch']:>8.1f} {r['vs_torch']:>11.2f}" if args.reference_python else ""
+            reference += f" {r['s3']:>7.1f} {r['s3_ratio']:>8.2f}" if server else ""
             print(
                 f"{name:<6} {width:>5}x{height:<4} {count:>5} {r['model']:>8.1f} {r['decode']:>9.1f} "
                 f"{r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} {r['lowest']:>6.2f} {r['job']:>7.1f} "
@@ -237,6 +296,8 @@ def main() -> None:
             )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
+    if server:
+        server.stop()
 
 
 if __name__ == "__main__":
