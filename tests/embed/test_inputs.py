@@ -188,3 +188,16 @@ def test_search_html_reads_thumbnails_through_the_source_and_says_when_it_cannot
         tmp_path / "mirror",
     )
     assert code == 0 and "could not be read" not in output and 'class="missing"' not in page.read_text()
+
+
+def test_the_python_api_takes_a_source_object(tmp_path):
+    from extractor.embed.job import EmbedJob
+    from extractor.images.sources import TarShardSource
+    from extractor.network.features import FeatureExtractor
+
+    make_shard(tmp_path / "shards" / "0.tar", samples(0, 2))
+    source = TarShardSource(str(tmp_path / "shards" / "0.tar"))
+    job = EmbedJob(source, str(tmp_path / "emb"), FeatureExtractor("random"), batch_size=4, workers=0, progress=False)
+    summary = job.run()
+    assert (summary.embedded, summary.errors) == (2, 0)
+    assert load_dataset(tmp_path / "emb", embeddings=False).labels == ["cat", "dog"]

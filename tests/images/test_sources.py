@@ -203,3 +203,23 @@ def test_folder_source_records_an_absolute_root(tmp_path, monkeypatch):
     assert read_stored(source.root, ["a.jpg"]) == [(tmp_path / "a.jpg").read_bytes()]
     assert isinstance(read_stored(source.root, ["gone.jpg"])[0], FileNotFoundError)
     assert os.path.isabs(source.root)
+
+
+def test_an_unreachable_store_gives_each_image_an_error_and_a_listing_one_line(s3_endpoint, monkeypatch):
+    import socket
+
+    import s3fs
+
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()  # file systems are cached with their endpoint
+    try:
+        results = read_stored("s3://bucket/photos", ["a.jpg", "b.jpg"])
+        assert all(isinstance(r, OSError) and "Could not connect" in str(r) for r in results)
+        with pytest.raises(AlexfeatError, match="cannot list s3://bucket/photos .*AWS_ENDPOINT_URL"):
+            listed(ObjectStoreSource("s3://bucket/photos"))
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

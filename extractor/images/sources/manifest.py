@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extractor.errors import AlexfeatError
-from extractor.images.discover import FileEntry, label_of
+from extractor.images.discover import FileEntry, label_of, stored_name
 from extractor.images.sources.base import OnError, SourceError, change_token, filesystem, is_url, public_url
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class ManifestSource:
         rows = self.rows()
         for path, label in rows:
             key, where = self._locate(path)
+            key = stored_name(key)  # bytes of a path that are not UTF-8 as \xNN, as the folder source stores them
             if key in seen:
                 continue
             seen.add(key)
