@@ -58,16 +58,50 @@ def index_group() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
+@click.option(
+    "--shards",
+    default=None,
+    type=click.IntRange(1),
+    help="Train once, add the dataset in N shards independently, merge them on disk into index.ivfdata "
+    "(read-only; for indexes larger than memory). Needs an inverted file (IVF...); below the IVF threshold, "
+    "auto builds the exact index in one piece.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --shards: add the shards here, one after the other, or as Ray tasks (files on a shared file system).",
+)
+@click.option("--address", default=None, metavar="auto|ray://HOST:10001", help="With --engine ray: the cluster.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def build(
-    emb_dir: str, out_dir: str, factory: str, memory_budget: int | None, target_recall: float, progress: bool | None
+    emb_dir: str,
+    out_dir: str,
+    factory: str,
+    memory_budget: int | None,
+    target_recall: float,
+    shards: int | None,
+    engine: str,
+    address: str | None,
+    progress: bool | None,
 ) -> None:
     """Build a FAISS index over the embeddings dataset EMB_DIR into OUT_DIR."""
     from index.build import build_index_dir
 
-    info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    if shards is None and (engine != "local" or address):
+        raise click.UsageError("--engine and --address only apply with --shards")
+    if shards is None:
+        info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+    else:
+        from index.sharded import build_sharded_index_dir
+
+        info = build_sharded_index_dir(
+            emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
+        )
+    sharded = f" in {info['shards']} shards merged on disk" if info.get("storage") == "ondisk" else ""
     click.echo(
-        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors, "
+        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors{sharded}, "
         f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
         f"built in {info['build_seconds']:.1f} s"
     )

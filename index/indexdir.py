@@ -5,6 +5,7 @@
     index.faiss       the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
     index.json        factory, metric, dim, count, search_params, recall_at_10, build_seconds,
                       embedding_metadata, and the bookkeeping below (file sizes, removal mode, phases)
+    index.ivfdata     the inverted lists of a sharded build (``storage: ondisk``), read in place (read-only)
     ids.parquet       id, path, label, sha256 of every searchable vector, sorted by id
     masked_ids.npy    ids removed from an index type that cannot remove them (never returned by a search)
 
@@ -14,9 +15,11 @@ a cut-short or foreign file from a good one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,9 @@ INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
+IVFDATA_FILE = "index.ivfdata"
+"""The inverted lists of a merged (sharded, on-disk) index, beside ``index.faiss``; ``index.json`` then has
+``"storage": "ondisk"``."""
 REQUIRED_KEYS = (
     "factory",
     "metric",
@@ -184,7 +190,7 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
     foreign = [
         n
         for n in sorted(os.listdir(directory))
-        if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE)
+        if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE)
     ]
     if foreign and not (directory / INFO_FILE).exists():
         raise IndexDirError(
@@ -224,7 +230,10 @@ def write_index_dir(
             masked_count=int(masked.size),
             masked_ids_file=MASKED_FILE if masked.size else None,
             format_version=FORMAT_VERSION,
-            files={name: (directory / name).stat().st_size for name in (INDEX_FILE, LOOKUP_FILE)},
+            files={
+                name: (directory / name).stat().st_size
+                for name in (INDEX_FILE, LOOKUP_FILE) + ((IVFDATA_FILE,) if info.get("storage") == "ondisk" else ())
+            },
         )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")
@@ -273,13 +282,33 @@ def _checked_size(directory: Path, name: str, info: dict[str, Any]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for the duration (C++ code prints there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
     """Open and check an index directory: every file present, complete and consistent with ``index.json``."""
     directory = Path(directory)
     info = read_info(directory)
     index_path = _checked_size(directory, INDEX_FILE, info)
+    flags = 0
+    if info.get("storage") == "ondisk":  # lists in index.ivfdata beside it, wherever the directory now is
+        _checked_size(directory, IVFDATA_FILE, info)
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     try:
-        index = faiss.read_index(str(index_path))
+        with _stdout_silenced():  # FAISS prints where it found index.ivfdata on standard output
+            index = faiss.read_index(str(index_path), flags)
     except RuntimeError as exc:
         raise _fail(directory, f"{INDEX_FILE} cannot be read by FAISS ({faiss_reason(exc)})") from None
     if index.d != int(info["dim"]):

@@ -110,7 +110,11 @@ def remove(index: faiss.Index, ids: Iterable[int]) -> int:
 
 
 def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
-    """The stored vectors of ``ids`` (exact for flat storage, decoded codes otherwise), float32 (n, dim)."""
+    """The stored vectors of ``ids`` (exact for flat storage, decoded codes otherwise), float32 (n, dim).
+
+    A merged on-disk index is saved without the id → list map (GBs at 100M vectors): it is built here, in
+    memory, on the first call."""
+    prepare_direct_map(index)
     rows = []
     for i in ids:
         try:

@@ -63,6 +63,12 @@ def add_to_index(
     index_dir, emb_dir = Path(index_dir), Path(emb_dir)
     with dataset_lock(index_dir):
         current = open_index_dir(index_dir)
+        if current.info.get("storage") == "ondisk":  # FAISS ends the process on an add to a read-only on-disk index
+            raise IndexDirError(
+                f"{index_dir} is a sharded index merged on disk (index.ivfdata), which is read-only: vectors "
+                f"cannot be added to it. Build it again with `alexfeat index build {emb_dir} -o {index_dir} "
+                f"--shards {current.info.get('shards', 1)}` (`index remove` works: it masks ids)"
+            )
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         current.meta.check_compatible(
             dataset.meta,

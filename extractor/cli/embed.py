@@ -177,7 +177,8 @@ def embed(
 
     runner: Any = LocalEngine()
     if engine == "ray":
-        from extractor.embed.ray_engine import RayEngine, import_ray
+        from extractor.embed.ray_engine import RayEngine
+        from extractor.parallel.ray_cluster import import_ray
 
         import_ray()  # not installed: say how, before the model loads
         runner = RayEngine(address, num_actors, cpus_per_actor)

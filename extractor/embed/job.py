@@ -33,6 +33,13 @@ from extractor.util.timing import Phases
 
 log = logging.getLogger(__name__)
 STAGES = ("discover", "plan", "model", "decode", "infer", "write")
+STAGE_NOTES = {
+    "model": "TensorFlow's start-up and the model build, while files decode",
+    "decode": "summed over workers",
+    "start": "starting or joining Ray",
+    "cluster": "waiting for the cluster's embedded batches",
+}
+"""What a stage's time means, where its name does not say it (engines add their own stages)."""
 
 
 @dataclass
@@ -53,13 +60,15 @@ class EmbedSummary:
         return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
 
     def lines(self) -> list[str]:
-        stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stages.seconds.items())
+        seconds = {name: value for name, value in self.stages.seconds.items() if value}  # stages this engine has
+        stages = ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items())
+        notes = "; ".join(f"{name}: {STAGE_NOTES[name]}" for name in seconds if seconds[name] and name in STAGE_NOTES)
         return [
             f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
             + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
-            f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages} "
-            "(model: TensorFlow's start-up and the model build, while files decode; decode: summed over workers)",
+            f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages}"
+            + (f" ({notes})" if notes else ""),
         ]
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from extractor.images.batches import Columns, apply_model, decode_columns, entri
 from extractor.images.decode import ResizeSpec
 from extractor.images.discover import FileEntry
 from extractor.images.file_decoder import FileDecoder
+from extractor.parallel.ray_cluster import connect, import_ray
 from extractor.store import DatasetWriter
 from extractor.util.progress import Progress
 
@@ -46,23 +46,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RAY_VERSION = "2.60"
-INSTALL_HINT = "pip install 'alexfeat[ray]'"
+DRIVER_BATCH = 1024
+"""Rows the driver commits at a time: its per-batch Python costs (ids, Arrow conversion) amortised over ~1,000
+rows commit ~3x as many rows/s as over the actors' 32 (measured: 20,000 vs 6,300 rows/s on a loaded 2-core
+machine), so one driver keeps up with a few hundred cores."""
 DECODE_RETRIES = 2
 """Times a decode task is run again after its worker process died (a node lost, or a file that crashes it)."""
-
-
-def import_ray() -> Any:
-    """``ray`` with Ray Data, or an AlexfeatError that says how to install it."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise AlexfeatError(
-            f"--engine ray needs Ray Data ({exc.name or 'ray'} is not installed): {INSTALL_HINT} "
-            f"(ray[data] {RAY_VERSION}), on this machine and on every node of the cluster"
-        ) from None
-    return ray
 
 
 @dataclass
@@ -83,7 +72,7 @@ class RayEngine:
         ray = import_ray()
         timer = summary.stages
         with timer("start"):
-            started = _connect(ray, self.address)
+            started = connect(ray, self.address)
         try:
             with timer("start"):
                 actors = self.num_actors or max(
@@ -91,7 +80,7 @@ class RayEngine:
                 )
                 batches = self._pipeline(ray, job, todo, actors)
             with Progress(len(todo), "embed", enabled=job.progress) as progress:
-                for batch in _timed(batches, timer, "infer"):
+                for batch in _timed(batches, timer, "cluster"):
                     timer.add("decode", float(batch["seconds"].sum()))
                     with timer("write"):
                         good, bad = commit(writer, batch)
@@ -141,7 +130,7 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=self.cpus_per_actor,
         )
-        return iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+        return iter(ds.iter_batches(batch_size=max(DRIVER_BATCH, job.batch_size), batch_format="numpy"))
 
 
 def _decode_task_options() -> dict[str, Any]:
@@ -168,25 +157,6 @@ class Embedder:
 
     def __call__(self, batch: Columns) -> Columns:
         return apply_model(batch, self.extractor, self.extractor.spec.dim)
-
-
-def _connect(ray: Any, address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (so the job shuts it down)."""
-    if ray.is_initialized():
-        return False
-    for name in ("ray", "ray.data"):  # start-up INFO lines stay in Ray's log files, out of the user's terminal
-        logging.getLogger(name).setLevel(logging.WARNING)
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None:
-        options |= {"include_dashboard": False, "num_cpus": os.cpu_count()}
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise AlexfeatError(
-            f"cannot connect to the Ray cluster at {address!r} ({exc}); start it with `ray start --head` "
-            "(see docs/scale.md), or leave --address out to run a local Ray instance"
-        ) from None
-    return True
 
 
 def _first_line(exc: BaseException) -> str:

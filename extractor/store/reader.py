@@ -151,28 +151,35 @@ def load_dataset(
     embeddings: bool = True,
     expect: EmbeddingMeta | None = None,
     threads: int | None = None,
+    parts: Sequence[str] | None = None,
 ) -> Dataset:
     """Read a dataset: ``columns`` (``id`` always) and, with ``embeddings``, the float32 (N, dim) matrix.
 
-    Only the requested columns are read. Every part's metadata must agree, and with ``expect`` the dataset must
-    be compatible with it; a missing, empty, corrupt or mixed dataset raises DatasetError.
+    Only the requested columns are read, of the part files named in ``parts`` when given (a shard of the
+    dataset; in write order). Every part's metadata must agree, and with ``expect`` the dataset must be
+    compatible with it; a missing, empty, corrupt or mixed dataset raises DatasetError.
     """
     directory = Path(directory)
     wanted = _column_list(columns)
-    parts = require_parts(directory)
-    meta = agreeing_meta(parts)
+    every = require_parts(directory)
+    meta = agreeing_meta(every)
+    selected = {part.path.name for part in every} if parts is None else set(parts)
+    chosen = [part for part in every if part.path.name in selected]
+    if not chosen or len(chosen) != len(selected):
+        missing = sorted(selected - {p.path.name for p in chosen})[:3]
+        raise DatasetError(f"{directory} lacks the parts {missing}: it changed since they were listed; try again")
     if expect is not None:
         meta.check_compatible(
             expect,
             f"the embeddings in {directory} were made with other settings than the model in use (dataset != expected)",
             hint="Embed the images again with this model, or use the model recorded in the dataset",
         )
-    offsets = np.cumsum([0] + [part.num_rows for part in parts])
+    offsets = np.cumsum([0] + [part.num_rows for part in chosen])
     vectors = np.empty((int(offsets[-1]), meta.dim), dtype=np.float32) if embeddings else None
     read_columns = wanted + (["embedding"] if embeddings else [])
 
     def read(k: int) -> pa.Table:
-        part = parts[k]
+        part = chosen[k]
         table = read_parquet(part.path, read_columns)
         if table.num_rows != part.num_rows:
             raise DatasetError(f"{part.path} changed while it was being read; try again")
@@ -181,9 +188,9 @@ def load_dataset(
             table = table.drop_columns(["embedding"])
         return table.replace_schema_metadata(None)
 
-    workers = threads or min(len(parts), os.cpu_count() or 1, 8)
+    workers = threads or min(len(chosen), os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        table = pa.concat_tables(list(pool.map(read, range(len(parts)))))
+        table = pa.concat_tables(list(pool.map(read, range(len(chosen)))))
 
     def numpy(name: str) -> np.ndarray | None:
         return table.column(name).to_numpy() if name in wanted else None
