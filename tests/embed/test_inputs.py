@@ -201,3 +201,16 @@ def test_the_python_api_takes_a_source_object(tmp_path):
     summary = job.run()
     assert (summary.embedded, summary.errors) == (2, 0)
     assert load_dataset(tmp_path / "emb", embeddings=False).labels == ["cat", "dog"]
+
+
+def test_the_ray_engine_reads_tar_members_and_their_labels_through_the_same_entries(tmp_path, ray_instance):
+    shards = tmp_path / "shards"
+    make_shard(shards / "0.tar", {**samples(0, 3), "bad.jpg": b"no image"})
+    for engine in ("local", "ray"):
+        code, output = run("embed", shards, "-o", tmp_path / engine, *RANDOM, "--engine", engine)
+        assert code == 0 and "embedded 3, unchanged 0, errors 1" in output, output
+    columns = ("path", "label", "sha256")
+    local, ray = (load_dataset(tmp_path / engine, columns) for engine in ("local", "ray"))
+    assert sorted(zip(ray.paths, ray.labels)) == sorted(zip(local.paths, local.labels))
+    assert sorted(ray.get_sha256()) == sorted(local.get_sha256())
+    assert read_errors(tmp_path / "ray").to_pylist() == read_errors(tmp_path / "local").to_pylist()

@@ -124,7 +124,7 @@ def read_entries(entries: Sequence[FileEntry]) -> list[bytes | OSError]:
         fs, _ = filesystem(entries[rows[0]].abs_path)
         paths = [entries[i].abs_path for i in rows]
         starts = [entries[i].offset for i in rows]
-        ends = [None if entries[i].offset is None else entries[i].offset + entries[i].size for i in rows]  # type: ignore[operator]
+        ends = [None if (start := entries[i].offset) is None else start + entries[i].size for i in rows]
         try:
             fetched = fs.cat_ranges(paths, starts, ends, on_error="return")
         except Exception as exc:  # the store itself failed (unreachable): every entry records it
