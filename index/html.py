@@ -65,9 +65,9 @@ def load_thumbnails(images_root: str, paths: Sequence[str]) -> Thumbnails:
     return thumbs
 
 
-def thumbnail_uri(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail of an image file or its bytes (EXIF-oriented), None if it cannot
-    be read."""
+def thumbnail_jpeg(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> bytes | None:
+    """A JPEG thumbnail of an image file or its bytes (EXIF-oriented, at most ``size`` pixels a side), None if it
+    cannot be decoded (``name`` labels the warning)."""
     from PIL import Image, ImageOps
 
     try:
@@ -76,11 +76,17 @@ def thumbnail_uri(image: Path | bytes, size: int = THUMB_SIZE, name: str | None 
             thumb = ImageOps.exif_transpose(opened).convert("RGB")
             thumb.thumbnail((size, size))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("no thumbnail for %s: %s", name or str(image)[:80], exc)
+        log.warning("no thumbnail for %s: %s", name or (image if isinstance(image, Path) else "<bytes>"), exc)
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def thumbnail_uri(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail of an image file or its bytes, None if it cannot be decoded."""
+    jpeg = thumbnail_jpeg(image, size, name)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _figure(uri: str | None, caption: str, css: str = "") -> str:
