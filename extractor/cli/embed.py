@@ -13,7 +13,7 @@ from extractor.parallel.stream import usable_cpus
 
 
 @click.command()
-@click.argument("source", required=False, metavar="SOURCE")
+@click.argument("source", required=False, metavar="[SOURCE]")
 @click.option(
     "-o",
     "--output",

@@ -122,6 +122,8 @@ def test_a_manifest_embeds_what_it_lists_and_records_missing_files(tmp_path):
 def test_embed_input_usage_errors(tmp_path, args, message):
     code, output = run("embed", *args, "-o", tmp_path / "out", *RANDOM)
     assert code == 2 and message in output
+    code, output = run("embed", "--from-list", tmp_path / "absent.csv", "-o", tmp_path / "out", *RANDOM)
+    assert code == 1 and output.startswith("Error: the manifest") and "does not exist" in output
 
 
 def test_tar_shards_embed_each_member_and_a_truncated_shard_does_not_stop_the_job(tmp_path):

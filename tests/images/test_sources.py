@@ -46,6 +46,7 @@ def test_open_source_picks_the_source_from_what_is_given(tmp_path):
     assert isinstance(open_source(tmp_path / "shards"), TarShardSource)  # a folder of .tar files
     assert isinstance(open_source(str(tmp_path / "shards" / "{0..0}.tar")), TarShardSource)
     assert isinstance(open_source("s3://bucket/prefix"), ObjectStoreSource)  # nothing is contacted yet
+    (tmp_path / "list.txt").write_text("photos/a.jpg\n", encoding="utf-8")
     assert isinstance(open_source(from_list=str(tmp_path / "list.txt")), ManifestSource)
     with pytest.raises(AlexfeatError, match="does not exist"):
         open_source(tmp_path / "nope")
@@ -104,8 +105,8 @@ def test_csv_and_parquet_manifests_take_labels_from_their_label_column(tmp_path)
     (tmp_path / "bad.csv").write_text("file,label\nx/1.jpg,a\n", encoding="utf-8")
     with pytest.raises(AlexfeatError, match="no 'path' column"):
         listed(ManifestSource(str(tmp_path / "bad.csv")))
-    with pytest.raises(AlexfeatError, match="cannot read the manifest"):
-        listed(ManifestSource(str(tmp_path / "absent.txt")))
+    with pytest.raises(AlexfeatError, match="absent.txt does not exist"):
+        ManifestSource(str(tmp_path / "absent.txt"))
 
 
 def test_tar_shards_list_members_with_webdataset_labels_and_read_their_exact_bytes(tmp_path):

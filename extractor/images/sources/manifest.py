@@ -46,6 +46,8 @@ class ManifestSource:
         else:
             root = os.path.dirname(os.path.abspath(self.manifest))
         object.__setattr__(self, "root", root.rstrip("/") or "/")
+        if not is_url(self.manifest) and not os.path.isfile(self.manifest):  # fail before any work
+            raise AlexfeatError(f"the manifest {self.manifest} does not exist (or is not a file)")
 
     def rows(self) -> list[tuple[str, str | None]]:
         """The manifest's (path, label) rows, as written; AlexfeatError when it cannot be read or has no paths."""
