@@ -83,9 +83,10 @@ class FileDecoder:
         digest = hashlib.sha256(data).digest()
         return Decoded(entry, image.pixels, image.width, image.height, digest, time.perf_counter() - start)
 
-    def many(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
-        """Read and decode a chunk of files (one task for a worker process: fewer, larger messages)."""
-        data, seconds = self.read(entries)
+    def many(self, entries: list[FileEntry], data: list[bytes | OSError] | None = None) -> list[Decoded | Failed]:
+        """Read (unless ``data`` holds what was read already) and decode a chunk of files (one task for a worker
+        process: fewer, larger messages)."""
+        data, seconds = self.read(entries) if data is None else (data, 0.0)
         return [self.decode_read(entry, d, seconds) for entry, d in zip(entries, data)]
 
     def one_input(self, item: ImageInput, name: str | None = None) -> Decoded | Failed:
