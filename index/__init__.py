@@ -1,12 +1,55 @@
 """FAISS similarity search over alexfeat embeddings datasets.
 
-Public API (thin, over the FAISS mechanics in ``index.ops`` and ``index.tune``)::
+The Python API, one call per command (names are imported on first use, so ``import index`` does not load
+FAISS)::
 
-    index.build.build_index(vectors, ids, factory="auto", ...) -> BuiltIndex      # arrays in memory
-    index.build.build_index_dir(emb_dir, out_dir, factory="auto", ...) -> dict   # dataset -> index directory
-    index.update.add_to_index(index_dir, emb_dir) / remove_from_index(index_dir, ids=..., paths=...)
-    index.search.Searcher(index_dir).search_vectors / search_ids / search_paths / search_images
-    index.dedup.dedup_dataset(emb_dir, threshold) -> DedupReport
-
-Nothing is imported here, so ``alexfeat --help`` does not load FAISS.
+    build_index_dir(emb_dir, out_dir, factory="auto", ...) -> BuildSummary    # alexfeat index build
+    add_to_index(index_dir, emb_dir) -> UpdateSummary                            # alexfeat index add
+    remove_from_index(index_dir, ids=..., paths=...) -> UpdateSummary            # alexfeat index remove
+    search_index(index_dir, images=/ids=/paths=/queries_dir=, k=10) -> SearchResults  # alexfeat search
+    Searcher(index_dir).search(...) / search_images / search_ids / search_paths / search_vectors  (reusable)
+    dedup_dataset(emb_dir, threshold=0.95, out=None) -> DedupReport               # alexfeat dedup
+    build_index(vectors, ids, factory="auto", ...) -> BuiltIndex                  # arrays in memory
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_API: dict[str, str] = {
+    "build_index": "index.build",
+    "build_index_dir": "index.build",
+    "BuildSummary": "index.build",
+    "BuiltIndex": "index.build",
+    "add_to_index": "index.update",
+    "remove_from_index": "index.update",
+    "UpdateSummary": "index.update",
+    "Searcher": "index.search",
+    "search_index": "index.search",
+    "SearchResults": "index.search",
+    "QueryResult": "index.search",
+    "Hit": "index.search",
+    "dedup_dataset": "index.dedup",
+    "DedupReport": "index.dedup",
+}
+__all__ = list(_API)
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
+    from index.build import BuildSummary, BuiltIndex, build_index, build_index_dir  # noqa: F401
+    from index.dedup import DedupReport, dedup_dataset  # noqa: F401
+    from index.search import Hit, QueryResult, Searcher, SearchResults, search_index  # noqa: F401
+    from index.update import UpdateSummary, add_to_index, remove_from_index  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'index' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,7 +16,7 @@ import numpy as np
 
 from extractor import __version__
 from extractor.errors import IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.store import Dataset, load_dataset
 from extractor.util.timing import Phases
 from index import ops
 from index.factory import (
@@ -27,7 +26,7 @@ from index.factory import (
     choose_factory,
     training_size,
 )
-from index.indexdir import Lookup, prepare_output, write_index_dir
+from index.indexdir import Lookup, index_lock, prepare_output, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,38 @@ class BuiltIndex:
             "index_type": ops.describe(self.index),
             "phase_seconds": self.phase_seconds,
         }
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """An index directory just written, and its ``index.json`` content (``info``)."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def factory(self) -> str:
+        return self.info["factory"]
+
+    @property
+    def count(self) -> int:
+        return self.info["count"]
+
+    @property
+    def dim(self) -> int:
+        return self.info["dim"]
+
+    @property
+    def recall_at_10(self) -> float:
+        return self.info["recall_at_10"]
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        return self.info["search_params"]
+
+    @property
+    def build_seconds(self) -> float:
+        return self.info["build_seconds"]
 
 
 def _check_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +188,7 @@ def lookup_of(dataset: Dataset, rows: np.ndarray | None = None) -> Lookup:
 def index_info(built: BuiltIndex, dataset: Dataset, emb_dir: Path) -> dict[str, Any]:
     """The full ``index.json`` content of ``built`` made from ``dataset``."""
     info = built.info()
-    info["embedding_metadata"] = json.loads(dataset.meta.to_json())
+    info["embedding_metadata"] = dataset.meta.to_dict()
     info["source"] = str(emb_dir.resolve())
     info["package_version"] = __version__
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -171,10 +202,10 @@ def build_index_dir(
     memory_budget: int | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Build an index over an embeddings dataset and write it to ``out_dir``; returns its ``index.json``."""
+) -> BuildSummary:
+    """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says."""
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
-    with dataset_lock(out):
+    with index_lock(out):
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start
@@ -186,4 +217,4 @@ def build_index_dir(
         start = time.perf_counter()
         info = write_index_dir(out, info, lookup_of(dataset), built.index)
         log.info("index build: write took %.2f s", time.perf_counter() - start)
-    return info
+    return BuildSummary(out, info)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
+_ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -92,18 +93,18 @@ def build(
     if shards is None and (engine != "local" or address):
         raise click.UsageError("--engine and --address only apply with --shards")
     if shards is None:
-        info = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+        built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
     else:
         from index.sharded import build_sharded_index_dir
 
-        info = build_sharded_index_dir(
+        built = build_sharded_index_dir(
             emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
         )
-    sharded = f" in {info['shards']} shards merged on disk" if info.get("storage") == "ondisk" else ""
+    sharded = f" in {built.info['shards']} shards merged on disk" if built.info.get("storage") == "ondisk" else ""
     click.echo(
-        f"{out_dir}: {info['factory']} over {info['count']:,} {info['dim']}-d vectors{sharded}, "
-        f"recall@10 {info['recall_at_10']:.3f} with {_params(info['search_params'])}, "
-        f"built in {info['build_seconds']:.1f} s"
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}, "
+        f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
+        f"built in {built.build_seconds:.1f} s"
     )
 
 
@@ -122,27 +123,9 @@ def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     click.echo(add_to_index(index_dir, emb_dir, progress).line(index_dir))
 
 
-def _read_targets(path: str) -> tuple[list[int], list[str]]:
-    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
-    ids, paths = [], []
-    try:
-        lines = Path(path).read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlexfeatError(f"cannot read {path} ({exc})") from None
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if entry.isdigit():
-            ids.append(int(entry))
-        else:
-            paths.append(entry)
-    return ids, paths
-
-
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Id to remove (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Id to remove (repeatable).")
 @click.option(
     "--path",
     "paths",
@@ -162,45 +145,23 @@ def remove(index_dir: str, ids: tuple[int, ...], paths: tuple[str, ...], from_fi
 
     if not (ids or paths or from_file):
         raise click.UsageError("name what to remove with --id, --path or --from-file")
-    more_ids, more_paths = _read_targets(from_file) if from_file else ([], [])
-    click.echo(remove_from_index(index_dir, list(ids) + more_ids, list(paths) + more_paths).line(index_dir))
+    click.echo(remove_from_index(index_dir, ids, paths, from_file).line(index_dir))
 
 
 # ---------------------------------------------------------------------------------------------------- search
 
 
 def _print_table(results: list[Any], out: Any) -> None:
+    """The results as a plain-text table; names escaped so that each hit is one line (``text_cell``)."""
     for result in results:
         query = result.query
         title = f"image {query['image']}" if "image" in query else f"id {query['id']}  {query['path']}"
-        click.echo(f"query: {title}", file=out)
+        click.echo(f"query: {text_cell(title)}", file=out)
         click.echo(f"{'rank':>4}  {'id':>19}  {'score':>6}  {'label':<16}  path", file=out)
         for hit in result.hits:
-            click.echo(
-                f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {hit.label or '-'!s:<16}  {hit.path}", file=out
-            )
+            label = text_cell(hit.label or "-")
+            click.echo(f"{hit.rank:>4}  {hit.id:>19}  {hit.score:>6.3f}  {label:<16}  {text_cell(hit.path)}", file=out)
         click.echo("", file=out)
-
-
-def _image_queries(searcher: Any, files: list[str], k: int, weights: str | None) -> list[Any]:
-    from extractor.network.tf_runtime import import_tensorflow
-
-    import_tensorflow()
-    found = searcher.search_images(files, k, weights)
-    for path, kind, message in found.errors:
-        click.echo(f"warning: {path}: {kind}: {message}", err=True)
-    if not found.results:
-        raise AlexfeatError(f"none of the {len(files)} query images could be read")
-    return found.results
-
-
-def _query_files(queries_dir: str) -> list[str]:
-    from extractor.images.discover import discover
-
-    files = [entry.abs_path for entry in discover(queries_dir)]
-    if not files:
-        raise AlexfeatError(f"{queries_dir} holds no image files")
-    return files
 
 
 @click.command()
@@ -212,7 +173,7 @@ def _query_files(queries_dir: str) -> list[str]:
     type=click.Path(dir_okay=False, exists=True),
     help="Query image file (repeatable); embedded with the model recorded in the index.",
 )
-@click.option("--id", "ids", multiple=True, type=int, metavar="N", help="Query by an indexed id (repeatable).")
+@click.option("--id", "ids", multiple=True, type=_ID, metavar="N", help="Query by an indexed id (repeatable).")
 @click.option("--path", "paths", multiple=True, metavar="REL", help="Query by an indexed path (repeatable).")
 @click.option(
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
@@ -258,15 +219,14 @@ def search(
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
-    searcher = Searcher(index_dir)
+    searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    if ids:
-        results = searcher.search_ids(list(ids), k)
-    elif paths:
-        results = searcher.search_paths(list(paths), k)
-    else:
-        files = list(images) if queries_dir is None else _query_files(queries_dir)
-        results = _image_queries(searcher, files, k, weights)
+    found = searcher.search(images, ids, paths, queries_dir, k)
+    for path, kind, message in found.errors:
+        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+    results = found.results
+    if not results:
+        raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
     if as_json:
         for result in results:
             click.echo(json.dumps(result.as_dict()))
@@ -307,14 +267,10 @@ def search(
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
     """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
-    from index.dedup import dedup_dataset, output_format, write_report
+    from index.dedup import dedup_dataset, group_lines
 
-    if out is not None:
-        output_format(out)  # a bad extension fails before the search
-    report = dedup_dataset(emb_dir, threshold, progress)
-    if out is not None:
-        write_report(report, out)
-    else:
-        for number, group in enumerate(report.groups, 1):
-            click.echo(f"group {number} ({len(group)}): " + "  ".join(path for _, path in group))
+    report = dedup_dataset(emb_dir, threshold, progress, out)
+    if out is None:
+        for line in group_lines(report):
+            click.echo(line)
     click.echo(report.summary(out))

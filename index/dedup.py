@@ -7,8 +7,6 @@ or neighbouring lists) at a fraction of the cost.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from extractor.errors import AlexfeatError
 from extractor.store import load_dataset
 from extractor.util.atomic import write_text_atomic
 from extractor.util.progress import Progress
+from extractor.util.textsafe import csv_text, text_cell
 from index.factory import EXACT_MAX, ivf_nlist, training_size
 
 BATCH = 4_096
@@ -110,16 +109,33 @@ def duplicate_groups(
 
 
 def dedup_dataset(
-    emb_dir: str | os.PathLike[str], threshold: float = 0.95, progress: bool | None = None
+    emb_dir: str | os.PathLike[str],
+    threshold: float = 0.95,
+    progress: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> DedupReport:
-    """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path."""
+    """Near-duplicate groups of an embeddings dataset, as (id, path) lists sorted by path; also written to
+    ``out`` (.json or .csv, see :func:`write_report`) when given."""
+    if out is not None:
+        output_format(out)  # a bad extension fails before the search
     dataset = load_dataset(emb_dir, columns=("id", "path"))
     groups = []
     paths = dataset.get_paths()
     for rows in duplicate_groups(dataset.get_vectors(), threshold, progress=progress):
         groups.append(sorted(((int(dataset.ids[r]), paths[r]) for r in rows.tolist()), key=lambda m: m[1]))
     groups.sort(key=lambda g: (-len(g), g[0][1]))
-    return DedupReport(groups, len(dataset), threshold)
+    report = DedupReport(groups, len(dataset), threshold)
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def group_lines(report: DedupReport) -> list[str]:
+    """One line per group for a terminal: ``group N (SIZE): PATH  PATH ...``, names escaped (``text_cell``)."""
+    return [
+        f"group {number} ({len(group)}): " + "  ".join(text_cell(path) for _, path in group)
+        for number, group in enumerate(report.groups, 1)
+    ]
 
 
 def output_format(out: str | os.PathLike[str]) -> str:
@@ -137,11 +153,9 @@ def write_report(report: DedupReport, out: str | os.PathLike[str]) -> None:
     if output_format(out) == "json":
         text = json.dumps([[{"id": i, "path": p} for i, p in group] for group in report.groups], indent=1) + "\n"
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["group", "id", "path"])
-        writer.writerows([g, i, p] for g, group in enumerate(report.groups, 1) for i, p in group)
-        text = buffer.getvalue()
+        text = csv_text(
+            ["group", "id", "path"], ([g, i, p] for g, group in enumerate(report.groups, 1) for i, p in group)
+        )
     try:
         write_text_atomic(out, text)
     except OSError as exc:

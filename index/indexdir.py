@@ -1,23 +1,40 @@
-"""The index directory on disk: ``index.faiss``, ``index.json``, the ``ids.parquet`` lookup, masked ids.
+"""The index directory on disk: generations of files switched by one atomic rename of ``index.json``.
 
 ::
 
-    index.faiss       the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
-    index.json        factory, metric, dim, count, search_params, recall_at_10, build_seconds,
-                      embedding_metadata, and the bookkeeping below (file sizes, removal mode, phases)
-    index.ivfdata     the inverted lists of a sharded build (``storage: ondisk``), read in place (read-only)
-    ids.parquet       id, path, label, sha256 of every searchable vector, sorted by id
-    masked_ids.npy    ids removed from an index type that cannot remove them (never returned by a search)
+    index.json        the manifest: factory, metric, dim, count, search_params, recall_at_10, build_seconds,
+                      embedding_metadata, the bookkeeping below (file sizes, removal mode, phases) and
+                      ``generation``, the folder that holds the index's files
+    gen-000007/       the current generation (written in full, fsync'ed, before index.json names it):
+        index.faiss     the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
+        ids.parquet     id, path, label, sha256 of every searchable vector, sorted by id
+        masked_ids.npy  ids removed from an index type that cannot remove them (never returned by a search)
+        index.ivfdata   the inverted lists of a sharded build merged on disk (``storage: ondisk``), read in place,
+                        read-only, by ``index.faiss`` of the same folder
+    index.faiss, ids.parquet   symbolic links to the current generation's files, for plain FAISS / Parquet users
+                               (and index.ivfdata beside them for a merged index)
+    .alexfeat.lock    the one-writer lock of ``index build/add/remove``
 
-Every file is written atomically, ``index.json`` last: it records the sizes of the others, so a reader can tell
-a cut-short or foreign file from a good one.
+A writer (holding the lock) writes the next generation beside the current one, then replaces ``index.json``
+atomically: that rename is the switch, so a reader sees the old index or the new one, never a mix, and a writer
+killed at any point leaves the old index answering. The writer then refreshes the links and deletes the older
+generations; the next writer deletes whatever a killed one left. ``index.json`` records the size of each file, so
+a cut-short or foreign file is told apart from a good one. A directory written before generations existed (the
+files beside ``index.json``, no ``generation`` key) is read as it is and moved to a generation by its next write.
+
+Tests make a writer die at a chosen point: with ``ALEXFEAT_INDEX_CRASH_AFTER=NAME`` (one of the file names above)
+the writer SIGKILLs itself right after writing that file. Nothing else reads the variable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
+import signal
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,18 +47,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
-from extractor.store import EmbeddingMeta
-from extractor.util.atomic import atomic_path, write_text_atomic
+from extractor.network.spec import EmbeddingMeta
+from extractor.store import dataset_lock
+from extractor.util.atomic import write_text_atomic
 from index.ops import faiss_reason
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: files in generation folders named by index.json
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 LOOKUP_FILE = "ids.parquet"
 MASKED_FILE = "masked_ids.npy"
 IVFDATA_FILE = "index.ivfdata"
-"""The inverted lists of a merged (sharded, on-disk) index, beside ``index.faiss``; ``index.json`` then has
+"""The inverted lists of a merged (sharded, on-disk) index, beside its ``index.faiss``; ``index.json`` then has
 ``"storage": "ondisk"``."""
+CRASH_ENV = "ALEXFEAT_INDEX_CRASH_AFTER"
+GENERATION_FILES = frozenset({INDEX_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE})
+_GEN_NAME = re.compile(r"gen-(\d{6,})")
 REQUIRED_KEYS = (
     "factory",
     "metric",
@@ -152,15 +175,18 @@ class IndexDir:
     masked: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
+    def files_dir(self) -> Path:
+        """The folder of this generation's files (``index.faiss``, ``ids.parquet``, ``masked_ids.npy``)."""
+        return generation_dir(self.path, self.info)
+
+    @property
     def dim(self) -> int:
         return int(self.info["dim"])
 
     @property
     def meta(self) -> EmbeddingMeta:
         try:
-            return EmbeddingMeta.from_json(
-                json.dumps(self.info["embedding_metadata"]), where=str(self.path / INFO_FILE)
-            )
+            return EmbeddingMeta.from_dict(self.info["embedding_metadata"], where=str(self.path / INFO_FILE))
         except DatasetError as exc:
             raise IndexDirError(str(exc)) from None
 
@@ -190,7 +216,9 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
     foreign = [
         n
         for n in sorted(os.listdir(directory))
-        if not n.startswith(".") and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE)
+        if not n.startswith(".")
+        and n not in (INDEX_FILE, INFO_FILE, LOOKUP_FILE, MASKED_FILE, IVFDATA_FILE)
+        and not _is_generation(directory / n)
     ]
     if foreign and not (directory / INFO_FILE).exists():
         raise IndexDirError(
@@ -200,45 +228,190 @@ def prepare_output(directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def _gen_number(name: str) -> int:
+    """The number of a generation folder's name (``gen-000007`` → 7); 0 for any other name."""
+    match = _GEN_NAME.fullmatch(name)
+    return int(match.group(1)) if match else 0
+
+
+def _crash_point(name: str) -> None:
+    """The test hook: die like ``kill -9`` right after writing ``name`` when ALEXFEAT_INDEX_CRASH_AFTER names it."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def index_lock(directory: Path) -> Iterator[None]:
+    """Hold the one-writer lock of an index directory (IndexDirError if another job holds it); on taking it,
+    delete what a killed writer left."""
+    if not directory.is_dir():
+        raise IndexDirError(
+            f"index directory {directory} does not exist; build it with `alexfeat index build EMB_DIR -o {directory}`"
+        )
+    with dataset_lock(directory):
+        tidy_index_dir(directory)
+        yield
+
+
+def tidy_index_dir(directory: Path) -> None:
+    """Delete the generations ``index.json`` does not name and point the links at the one it names (the caller
+    holds the lock). An unreadable ``index.json`` leaves everything as it is."""
+    try:
+        info = json.loads((directory / INFO_FILE).read_text("utf-8"))
+    except FileNotFoundError:
+        info = {}  # a first build killed before its switch
+    except (OSError, ValueError):
+        return
+    gen = info.get("generation") if isinstance(info, dict) else None
+    keep = gen if isinstance(gen, str) and _gen_number(gen) else None
+    if isinstance(info, dict):
+        _remove_generations(directory, keep)
+    if keep is not None:
+        _point_links(directory, keep)
+
+
+def _point_links(directory: Path, gen: str) -> None:
+    """The links ``index.faiss`` and ``ids.parquet`` (and ``index.ivfdata`` of a merged index) at ``gen``'s files;
+    no single-generation masked file left."""
+    ondisk = (directory / gen / IVFDATA_FILE).exists()
+    for name in (INDEX_FILE, LOOKUP_FILE) + ((IVFDATA_FILE,) if ondisk else ()):
+        link = directory / name
+        if not link.is_symlink() or os.readlink(link) != f"{gen}/{name}":
+            _link(directory, name, f"{gen}/{name}")
+    if not ondisk and (directory / IVFDATA_FILE).is_symlink():
+        (directory / IVFDATA_FILE).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (directory / MASKED_FILE).unlink()
+
+
+def _is_generation(path: Path) -> bool:
+    """Whether ``path`` is a generation folder this module wrote: the name, and nothing inside but its files."""
+    if not _gen_number(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return all(name in GENERATION_FILES for name in os.listdir(path))
+    except OSError:
+        return False
+
+
+def _remove_generations(directory: Path, keep: str | None) -> None:
+    """Delete every generation folder but ``keep`` (those of earlier writes, or left by a killed writer)."""
+    for entry in os.listdir(directory):
+        if entry != keep and _is_generation(directory / entry):
+            shutil.rmtree(directory / entry, ignore_errors=True)
+
+
+def _link(directory: Path, name: str, target: str) -> None:
+    """Point the convenience link ``directory/name`` at ``target`` (relative), replacing what was there."""
+    tmp = directory / f".{name}.link.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, directory / name)
+    except OSError as exc:  # a file system without links: the files are still in the generation folder
+        log.debug("no link %s -> %s (%s)", name, target, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _write_generation(
+    gen_dir: Path,
+    lookup: Lookup,
+    index: faiss.Index | None,
+    previous: Path | None,
+    masked: np.ndarray,
+    ivfdata: Path | None = None,
+) -> None:
+    """Write (or, for ``index=None``, hard-link from ``previous``, with its ``index.ivfdata`` if any) the files of a
+    generation, each fsync'ed; ``ivfdata``, the merged lists of a new on-disk index, is moved in."""
+    gen_dir.mkdir()
+    target = gen_dir / INDEX_FILE
+    if index is not None:
+        if ivfdata is not None:
+            os.replace(ivfdata, gen_dir / IVFDATA_FILE)
+            _fsync(gen_dir / IVFDATA_FILE)
+        faiss.write_index(index, str(target))
+    else:
+        if previous is None or not previous.is_file():
+            raise IndexDirError(f"{gen_dir.parent}: the current {INDEX_FILE} is missing; rebuild the index")
+        for source in (previous, previous.with_name(IVFDATA_FILE)):
+            if source.name == INDEX_FILE or source.exists():
+                try:
+                    os.link(source, gen_dir / source.name)  # a generation's files never change: sharing is safe
+                except OSError:
+                    shutil.copyfile(source, gen_dir / source.name)
+    _fsync(target)
+    _crash_point(INDEX_FILE)
+    pq.write_table(lookup.to_table(), gen_dir / LOOKUP_FILE, compression="zstd", write_page_checksum=True)
+    _fsync(gen_dir / LOOKUP_FILE)
+    _crash_point(LOOKUP_FILE)
+    if masked.size:
+        with open(gen_dir / MASKED_FILE, "wb") as fh:
+            np.save(fh, masked)
+        _fsync(gen_dir / MASKED_FILE)
+        _crash_point(MASKED_FILE)
+    _fsync(gen_dir)
+
+
 def write_index_dir(
     directory: Path,
     info: dict[str, Any],
     lookup: Lookup,
     index: faiss.Index | None = None,
     masked: np.ndarray | None = None,
+    previous: IndexDir | None = None,
+    ivfdata: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the directory's files atomically, ``index.json`` last; ``index=None`` keeps ``index.faiss`` as it is.
+    """Write the next generation of the directory and switch to it; ``index=None`` keeps ``previous``'s index.
+    ``ivfdata``: the file of a merged on-disk ``index``'s lists, moved into the generation as ``index.ivfdata``.
 
-    Fills in the bookkeeping keys of ``info`` (count, file sizes, masked count) and returns it.
+    The caller holds the directory's lock. Fills in the bookkeeping keys of ``info`` (count, file sizes, masked
+    count, generation) and returns it.
     """
     masked = np.unique(np.asarray(masked if masked is not None else [], dtype=np.int64))
+    gen_dir, switched = None, False
     try:
+        tidy_index_dir(directory)  # a killed writer's leftovers
+        number = max([_gen_number(n) for n in os.listdir(directory)] + [0]) + 1
+        gen = f"gen-{number:06d}"
+        gen_dir = directory / gen
+        old_index = previous.files_dir / INDEX_FILE if previous is not None else None
+        _write_generation(gen_dir, lookup, index, old_index, masked, ivfdata)
         if index is not None:
-            with atomic_path(directory / INDEX_FILE) as tmp:
-                faiss.write_index(index, str(tmp))
             info["ntotal"] = int(index.ntotal)
-        with atomic_path(directory / LOOKUP_FILE) as tmp:
-            pq.write_table(lookup.to_table(), tmp, compression="zstd")
-        masked_path = directory / MASKED_FILE
-        if masked.size:
-            with atomic_path(masked_path) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, masked)
-        elif masked_path.exists():
-            masked_path.unlink()
         info.update(
             count=len(lookup),
             masked_count=int(masked.size),
             masked_ids_file=MASKED_FILE if masked.size else None,
             format_version=FORMAT_VERSION,
+            generation=gen,
             files={
-                name: (directory / name).stat().st_size
-                for name in (INDEX_FILE, LOOKUP_FILE) + ((IVFDATA_FILE,) if info.get("storage") == "ondisk" else ())
+                name: (gen_dir / name).stat().st_size
+                for name in (INDEX_FILE, LOOKUP_FILE, IVFDATA_FILE)
+                if name != IVFDATA_FILE or (gen_dir / name).exists()
             },
         )
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
-        write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")
+        write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
+        switched = True
+        _fsync(directory)
+        _crash_point(INFO_FILE)
+        _point_links(directory, gen)
+        _remove_generations(directory, gen)
     except (OSError, RuntimeError) as exc:
         raise IndexDirError(f"cannot write the index to {directory} ({exc}); check the space and permissions") from None
+    finally:
+        if gen_dir is not None and not switched:  # a failed write (disk full) leaves the directory as it was
+            shutil.rmtree(gen_dir, ignore_errors=True)
     return info
 
 
@@ -261,16 +434,29 @@ def read_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in info]
     if missing:
         raise _fail(directory, f"{INFO_FILE} lacks {', '.join(missing)}")
-    if int(info.get("format_version", 1)) > FORMAT_VERSION:
+    try:
+        version = int(info.get("format_version", 1))
+    except (TypeError, ValueError):
+        raise _fail(directory, f"{INFO_FILE} has an unreadable format_version") from None
+    if version > FORMAT_VERSION:
         raise IndexDirError(
             f"{directory} was written by a newer alexfeat (index format {info['format_version']}); "
             "upgrade alexfeat to read it"
         )
+    gen = info.get("generation")
+    if gen is not None and not (isinstance(gen, str) and _gen_number(gen)):
+        raise _fail(directory, f"{INFO_FILE} names an invalid generation {gen!r}")
     return info
 
 
-def _checked_size(directory: Path, name: str, info: dict[str, Any]) -> Path:
-    path = directory / name
+def generation_dir(directory: str | os.PathLike[str], info: dict[str, Any]) -> Path:
+    """The folder holding the files ``info`` describes: its generation, or the directory itself (format 1)."""
+    gen = info.get("generation")
+    return Path(directory) / gen if gen else Path(directory)
+
+
+def _checked_size(directory: Path, base: Path, name: str, info: dict[str, Any]) -> Path:
+    path = base / name
     if not path.is_file():
         raise _fail(directory, f"{name} is missing")
     expected = info.get("files", {}).get(name)
@@ -298,13 +484,27 @@ def _stdout_silenced() -> Iterator[None]:
 
 
 def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
-    """Open and check an index directory: every file present, complete and consistent with ``index.json``."""
+    """Open and check an index directory: every file present, complete and consistent with ``index.json``.
+
+    A writer may switch generations while the files are read; the read then starts again on the new one.
+    """
     directory = Path(directory)
-    info = read_info(directory)
-    index_path = _checked_size(directory, INDEX_FILE, info)
+    for attempt in range(3):
+        info = read_info(directory)
+        try:
+            return _open_generation(directory, info)
+        except IndexDirError:
+            if attempt == 2 or read_info(directory).get("generation") == info.get("generation"):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _open_generation(directory: Path, info: dict[str, Any]) -> IndexDir:
+    base = generation_dir(directory, info)
+    index_path = _checked_size(directory, base, INDEX_FILE, info)
     flags = 0
-    if info.get("storage") == "ondisk":  # lists in index.ivfdata beside it, wherever the directory now is
-        _checked_size(directory, IVFDATA_FILE, info)
+    if info.get("storage") == "ondisk":  # its lists are in index.ivfdata beside it, wherever the directory now is
+        _checked_size(directory, base, IVFDATA_FILE, info)
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     try:
         with _stdout_silenced():  # FAISS prints where it found index.ivfdata on standard output
@@ -315,33 +515,48 @@ def open_index_dir(directory: str | os.PathLike[str]) -> IndexDir:
         raise _fail(directory, f"{INDEX_FILE} holds {index.d}-d vectors but {INFO_FILE} says {info['dim']}")
     if "ntotal" in info and index.ntotal != info["ntotal"]:
         raise _fail(directory, f"{INDEX_FILE} holds {index.ntotal:,} vectors but {INFO_FILE} says {info['ntotal']:,}")
-    lookup_path = _checked_size(directory, LOOKUP_FILE, info)
+    lookup_path = _checked_size(directory, base, LOOKUP_FILE, info)
     try:
-        lookup = Lookup.from_table(pq.read_table(lookup_path, schema=LOOKUP_SCHEMA))
-    except (OSError, pa.ArrowException, KeyError) as exc:
+        table = pq.ParquetFile(lookup_path, page_checksum_verification=True).read(use_threads=False)
+        lookup = Lookup.from_table(table.select(LOOKUP_SCHEMA.names).cast(LOOKUP_SCHEMA))
+    except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
         raise _fail(directory, f"{LOOKUP_FILE} cannot be read ({exc})") from None
     if len(lookup) != int(info["count"]):
         raise _fail(directory, f"{LOOKUP_FILE} has {len(lookup):,} rows but {INFO_FILE} says {info['count']:,}")
     masked = np.empty(0, dtype=np.int64)
     if info.get("masked_ids_file"):
+        name = str(info["masked_ids_file"])
         try:
-            masked = np.load(directory / info["masked_ids_file"], allow_pickle=False).astype(np.int64)
+            masked = np.load(base / Path(name).name, allow_pickle=False).astype(np.int64)
         except (OSError, ValueError) as exc:
-            raise _fail(directory, f"{info['masked_ids_file']} cannot be read ({exc})") from None
+            raise _fail(directory, f"{name} cannot be read ({exc})") from None
         if masked.size != int(info.get("masked_count", masked.size)):
-            raise _fail(
-                directory, f"{info['masked_ids_file']} holds {masked.size} ids, {INFO_FILE} says {info['masked_count']}"
-            )
+            raise _fail(directory, f"{name} holds {masked.size} ids, {INFO_FILE} says {info['masked_count']}")
     return IndexDir(directory, index, info, lookup, masked)
+
+
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1  # the dataset's ids are int64
+
+
+def as_ids(values: Iterable[int]) -> np.ndarray:
+    """``values`` as int64 ids; IndexDirError for one that no int64 id can equal."""
+    ids = [int(v) for v in values]
+    outside = [i for i in ids if not ID_MIN <= i <= ID_MAX]
+    if outside:
+        raise IndexDirError(
+            f"id {outside[0]} is out of range: ids are 64-bit integers from the dataset's `id` column "
+            f"({ID_MIN} to {ID_MAX})"
+        )
+    return np.asarray(ids, dtype=np.int64)
 
 
 def resolve_targets(current: IndexDir, ids: Iterable[int] = (), paths: Iterable[str] = ()) -> np.ndarray:
     """The ids named by ``ids`` and ``paths``; IndexDirError naming any that the index does not hold."""
-    ids = [int(i) for i in ids]
+    given: list[int] = as_ids(ids).tolist()
     paths = list(paths)
     by_path = current.lookup.path_to_id() if paths else {}
     unknown_paths = [p for p in paths if p not in by_path]
-    wanted = np.unique(np.array(ids + [by_path[p] for p in paths if p in by_path], dtype=np.int64))
+    wanted = np.unique(np.array(given + [by_path[p] for p in paths if p in by_path], dtype=np.int64))
     unknown_ids = wanted[~current.lookup.contains(wanted)].tolist()
     if unknown_paths or unknown_ids:
         named = [f"path {p!r}" for p in unknown_paths[:3]] + [f"id {i}" for i in unknown_ids[:3]]

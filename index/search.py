@@ -7,17 +7,21 @@ metadata), so it lands in the same space as the indexed vectors.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
 from extractor.images.sources import is_url
 from index import ops
-from index.indexdir import IndexDir, open_index_dir, resolve_targets
+from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
+
+if TYPE_CHECKING:
+    from extractor.network.features import FeatureExtractor
 
 TIE = 1e-5  # scores this close are equal: float rounding, not similarity, orders them
 TIE_SLACK = 16  # extra results fetched for a query by id, so the item is found among its exact duplicates
@@ -50,18 +54,27 @@ class QueryResult:
 
 
 @dataclass
-class ImageQueries:
-    """Results of image-file queries, and the files that could not be decoded: (path, kind, message)."""
+class SearchResults:
+    """One result per query, in query order, and the query images that could not be decoded: (path, kind,
+    message)."""
 
     results: list[QueryResult]
     errors: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class Searcher:
-    """Nearest-neighbour search over an index directory (``index.faiss`` + ``index.json`` + ``ids.parquet``)."""
+    """Nearest-neighbour search over an index directory (``index.faiss`` + ``index.json`` + ``ids.parquet``).
 
-    def __init__(self, index_dir: str | os.PathLike[str] | IndexDir) -> None:
+    The index is read once; the model that embeds image queries is built on the first image query and kept, so
+    one searcher answers many queries (e.g. in a server). ``weights`` overrides the weights source recorded in
+    the index for image queries (a file with another sha256 is refused).
+    """
+
+    def __init__(self, index_dir: str | os.PathLike[str] | IndexDir, weights: str | None = None) -> None:
         self.dir = index_dir if isinstance(index_dir, IndexDir) else open_index_dir(index_dir)
+        self.weights = weights
+        self._extractor: FeatureExtractor | None = None
+        self._extractor_lock = threading.Lock()  # threads serving queries build one model between them
 
     @property
     def dim(self) -> int:
@@ -75,6 +88,7 @@ class Searcher:
         """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension)."""
         if k < 1:
             raise IndexDirError(f"k must be at least 1, got {k}")
+        k = min(k, max(self.dir.index.ntotal, 1))  # never more results than vectors: nothing else is allocated
         x = ops.as_matrix(vectors, self.dim, "query vectors")
         scores, ids = ops.search(self.dir.index, x, k, self.dir.search_params, self.dir.masked)
         lookup = self.dir.lookup
@@ -108,7 +122,7 @@ class Searcher:
 
     def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
         """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
-        wanted = np.asarray([int(i) for i in ids], dtype=np.int64)
+        wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
         return self._by_ids(wanted, k)
 
@@ -118,24 +132,77 @@ class Searcher:
         by_path = self.dir.lookup.path_to_id()
         return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k)
 
-    def search_images(
-        self, files: Sequence[str | os.PathLike[str]], k: int = 10, weights: str | None = None
-    ) -> ImageQueries:
-        """Neighbours of image files, embedded with the model recorded in the index (``weights`` overrides the
-        recorded source; a file with another sha256 is refused). Files that cannot be decoded are reported in
-        ``errors`` and skipped."""
-        from extractor.images.discover import stored_name
-        from extractor.network.features import FeatureExtractor
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The model of the indexed embeddings (its recorded settings), built on first use and kept."""
+        with self._extractor_lock:
+            if self._extractor is None:
+                from extractor.network.features import FeatureExtractor
+                from extractor.network.tf_runtime import import_tensorflow
 
-        extractor = FeatureExtractor.from_metadata(self.dir.info["embedding_metadata"], weights=weights)
+                extractor = FeatureExtractor.from_metadata(self.dir.meta, weights=self.weights)
+                import_tensorflow()
+                self._extractor = extractor
+            return self._extractor
+
+    def search_images(self, files: Sequence[str | os.PathLike[str]], k: int = 10) -> SearchResults:
+        """Neighbours of image files, embedded with the model recorded in the index. Files that cannot be decoded
+        are reported in ``errors`` and skipped."""
+        from extractor.images.discover import stored_name
+
         names = [str(f) for f in files]
-        embedded = extractor.embed_images(names)
+        embedded = self.extractor.embed_images(names)
         hits = self.search_vectors(embedded.values, k) if embedded.indices else []
         results = [
             QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve())
             for i, h in zip(embedded.indices, hits)
         ]  # UTF-8 text, as the index's own paths are
-        return ImageQueries(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
+        return SearchResults(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
+
+    def search(
+        self,
+        images: Sequence[str | os.PathLike[str]] = (),
+        ids: Sequence[int] = (),
+        paths: Sequence[str] = (),
+        queries_dir: str | os.PathLike[str] | None = None,
+        k: int = 10,
+    ) -> SearchResults:
+        """Neighbours of one kind of query: image files, indexed ids, indexed paths, or every image in
+        ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have no result)."""
+        kinds = [name for name, given in (("images", images), ("ids", ids), ("paths", paths)) if len(given)]
+        kinds += ["queries_dir"] if queries_dir is not None else []
+        if len(kinds) != 1:
+            raise AlexfeatError(
+                f"give one kind of query: images, ids, paths or queries_dir (got {', '.join(kinds) or 'none'})"
+            )
+        if len(ids):
+            return SearchResults(self.search_ids(ids, k))
+        if len(paths):
+            return SearchResults(self.search_paths(paths, k))
+        return self.search_images(list(images) if queries_dir is None else query_files(queries_dir), k)
+
+
+def search_index(
+    index_dir: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]] = (),
+    ids: Sequence[int] = (),
+    paths: Sequence[str] = (),
+    queries_dir: str | os.PathLike[str] | None = None,
+    k: int = 10,
+    weights: str | None = None,
+) -> SearchResults:
+    """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
+    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k)
+
+
+def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
+    """Every image file under ``queries_dir`` (recursively); an error when there is none."""
+    from extractor.images.discover import discover
+
+    files = [entry.abs_path for entry in discover(queries_dir)]
+    if not files:
+        raise AlexfeatError(f"{queries_dir} holds no image files")
+    return files
 
 
 def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
@@ -151,7 +218,16 @@ def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = No
     """Where the indexed images are: ``override`` or the dataset root recorded in the index (a folder, the folder
     of tar shards, or an object-store URL: stored paths are relative to it). A local folder must exist; an object
     store is not contacted here (an image it cannot give becomes a placeholder)."""
-    root = os.fspath(override) if override is not None else str(searcher.dir.info["embedding_metadata"]["root"])
+    recorded = searcher.dir.meta.root
+    if override is not None:
+        root = os.fspath(override)
+    elif recorded is not None:
+        root = str(recorded)
+    else:
+        raise AlexfeatError(
+            "the index records no images folder (its embeddings were written without one); pass --images-root "
+            "with the folder that was embedded"
+        )
     if not is_url(root) and not os.path.isdir(root):
         source = "given with --images-root" if override is not None else "recorded in the index"
         raise AlexfeatError(

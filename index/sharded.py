@@ -24,20 +24,27 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from extractor.errors import IndexDirError
-from extractor.store import dataset_lock, load_dataset
+from extractor.store import load_dataset
 from extractor.store.reader import require_parts
 from extractor.util.timing import Phases
 from index import ops
-from index.build import DEFAULT_TARGET_RECALL, LOOKUP_COLUMNS, BuiltIndex, build_index_dir, index_info, lookup_of
+from index.build import (
+    DEFAULT_TARGET_RECALL,
+    LOOKUP_COLUMNS,
+    BuildSummary,
+    BuiltIndex,
+    build_index_dir,
+    index_info,
+    lookup_of,
+)
 from index.factory import FactoryChoice, check_factory, choose_factory, training_size
-from index.indexdir import IVFDATA_FILE, prepare_output, write_index_dir
+from index.indexdir import IVFDATA_FILE, index_lock, prepare_output, write_index_dir
 from index.tune import RECALL_K, RECALL_QUERIES, RecallProbe, tune
 
 log = logging.getLogger(__name__)
@@ -94,10 +101,10 @@ def build_sharded_index_dir(
     address: str | None = None,
     progress: bool | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> BuildSummary:
     """Build an inverted-file index over ``emb_dir`` in ``shards`` shards added independently (``engine``:
-    ``local`` one after the other in this process, ``ray`` as Ray tasks) and merged on disk; returns its
-    ``index.json``. See the module's notes for exact search."""
+    ``local`` one after the other in this process, ``ray`` as Ray tasks) and merged on disk; returns what its
+    ``index.json`` says. See the module's notes for exact search."""
     if shards < 1:
         raise IndexDirError(f"--shards must be at least 1, got {shards}")
     if not 0.0 < target_recall <= 1.0:
@@ -122,9 +129,8 @@ def build_sharded_index_dir(
                 f"not --factory {factory}; leave --shards out to build it in one piece"
             )
         log.info("%s: exact search has no lists to merge on disk; built in one piece", choice.reason)
-        info = build_index_dir(emb_dir, out, factory, memory_budget, target_recall, progress)
-        return info
-    with dataset_lock(out):
+        return build_index_dir(emb_dir, out, factory, memory_budget, target_recall, progress)
+    with index_lock(out):
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -155,8 +161,7 @@ def build_sharded_index_dir(
                     ]
                 )
             with phases("merge"):
-                merge_ondisk(index, files, str(staging / IVFDATA_FILE))
-                os.replace(staging / IVFDATA_FILE, out / IVFDATA_FILE)
+                merge_ondisk(index, files, str(staging / IVFDATA_FILE))  # moved into the index's generation
             with phases("tune"):
                 probe = RecallProbe(queries, merge_top_k(results, min(RECALL_K, count)))
                 tuning = tune(index, probe, target_recall)
@@ -175,11 +180,11 @@ def build_sharded_index_dir(
             )
             info = index_info(built, dataset, emb_dir) | {"storage": "ondisk", "shards": len(groups), "engine": engine}
             start = time.perf_counter()
-            info = write_index_dir(out, info, lookup_of(dataset), index)
+            info = write_index_dir(out, info, lookup_of(dataset), index, ivfdata=staging / IVFDATA_FILE)
             log.info("index build: write took %.2f s", time.perf_counter() - start)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return info
+    return BuildSummary(out, info)
 
 
 def _mergeable(index: faiss.Index) -> bool:

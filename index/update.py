@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from extractor.errors import IndexDirError
-from extractor.store import Dataset, dataset_lock, load_dataset
+from extractor.errors import AlexfeatError, IndexDirError
+from extractor.store import Dataset, load_dataset
 from index import ops
 from index.build import LOOKUP_COLUMNS, build_index, index_info, lookup_of
 from index.factory import choose_factory
-from index.indexdir import INFO_FILE, IndexDir, open_index_dir, resolve_targets, write_index_dir
+from index.indexdir import INFO_FILE, IndexDir, index_lock, open_index_dir, resolve_targets, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def add_to_index(
     """Add the rows of ``emb_dir`` that ``index_dir`` lacks and replace those whose sha256 changed."""
     start = time.perf_counter()
     index_dir, emb_dir = Path(index_dir), Path(emb_dir)
-    with dataset_lock(index_dir):
+    with index_lock(index_dir):
         current = open_index_dir(index_dir)
         if current.info.get("storage") == "ondisk":  # FAISS ends the process on an add to a read-only on-disk index
             raise IndexDirError(
@@ -149,7 +149,7 @@ def _add_in_place(
         log.info("recall@10 not measured again: the dataset does not hold every indexed vector")
     info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _suggest_rebuild(info, len(lookup))
-    return write_index_dir(current.path, info, lookup, index, current.masked), recall
+    return write_index_dir(current.path, info, lookup, index, current.masked, current), recall
 
 
 def _suggest_rebuild(info: dict[str, Any], count: int) -> None:
@@ -171,12 +171,20 @@ def _suggest_rebuild(info: dict[str, Any], count: int) -> None:
 
 
 def remove_from_index(
-    index_dir: str | os.PathLike[str], ids: Iterable[int] = (), paths: Iterable[str] = ()
+    index_dir: str | os.PathLike[str],
+    ids: Iterable[int] = (),
+    paths: Iterable[str] = (),
+    targets_file: str | os.PathLike[str] | None = None,
 ) -> UpdateSummary:
-    """Remove ``ids`` and ``paths`` from the index; masked at search time where the type cannot remove."""
+    """Remove ``ids`` and ``paths`` (and those listed in ``targets_file``, see :func:`read_targets`) from the
+    index; masked at search time where the type cannot remove."""
     start = time.perf_counter()
+    ids, paths = list(ids), list(paths)
+    if targets_file is not None:
+        more_ids, more_paths = read_targets(targets_file)
+        ids, paths = ids + more_ids, paths + more_paths
     index_dir = Path(index_dir)
-    with dataset_lock(index_dir):
+    with index_lock(index_dir):
         current = open_index_dir(index_dir)
         targets = resolve_targets(current, ids, paths)
         if targets.size == 0:
@@ -184,9 +192,27 @@ def remove_from_index(
         lookup = current.lookup.without(targets)
         info = dict(current.info) | {"updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if info.get("removal") == "mask":
-            info = write_index_dir(index_dir, info, lookup, None, np.union1d(current.masked, targets))
+            info = write_index_dir(index_dir, info, lookup, None, np.union1d(current.masked, targets), current)
         else:
             ops.remove(current.index, targets)
-            info = write_index_dir(index_dir, info, lookup, current.index, current.masked)
+            info = write_index_dir(index_dir, info, lookup, current.index, current.masked, current)
     log.info("removed %d ids (%s) from %s", targets.size, info.get("removal"), index_dir / INFO_FILE)
     return UpdateSummary(removed=int(targets.size), count=info["count"], seconds=time.perf_counter() - start)
+
+
+def read_targets(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
+    """Ids and paths listed in a file, one a line: digits are an id, anything else a path; '#' starts a comment."""
+    ids, paths = [], []
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlexfeatError(f"cannot read {path} ({exc})") from None
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.isdigit():
+            ids.append(int(entry))
+        else:
+            paths.append(entry)
+    return ids, paths

@@ -13,7 +13,7 @@ from extractor.store import EmbeddingMeta, open_for_writing
 DIM = 8
 
 
-def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) -> EmbeddingMeta:
+def make_meta(dim: int = DIM, root: str | Path | None = "images", **changes: object) -> EmbeddingMeta:
     """Model settings of a small dataset (caffe AlexNet, pool5 average), with ``changes`` applied."""
     fields = {
         "arch": "caffe",
@@ -24,7 +24,7 @@ def make_meta(dim: int = DIM, root: str | Path = "images", **changes: object) ->
         "input_size": 227,
         "resize": "squash256-center227",
         "dim": dim,
-        "root": str(root),
+        "root": None if root is None else str(root),
     }
     return EmbeddingMeta(**{**fields, **changes})
 

@@ -9,6 +9,8 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 
 
@@ -30,24 +32,27 @@ from extractor.parallel.stream import usable_cpus
 )
 @click.option(
     "--arch",
-    type=click.Choice(["caffe", "torchvision"]),
+    type=click.Choice(ARCHS),
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(["pool5", "fc6", "fc7"]), default="pool5", show_default=True)
+@click.option("--layer", type=click.Choice(LAYERS), default=LAYERS[0], show_default=True)
 @click.option(
     "--pooling",
-    type=click.Choice(["avg", "max", "gem", "flatten"]),
-    default="gem",
+    type=click.Choice(list(POOLINGS)),
+    default=DEFAULT_POOLING,
     show_default=True,
-    help="Global pooling of pool5: gem (generalised mean, p=3; best measured), avg, max, or flatten (the 9216-d maps).",
+    help="Global pooling of pool5 (ignored with fc6/fc7): "
+    + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
+    + ".",
 )
 @click.option(
     "--resize",
     default=None,
     metavar="POLICY",
-    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training "
-    "policy (caffe: squash256-center227, torchvision: shorter256-center224).",
+    help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
+    + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
+    + ").",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -82,6 +87,13 @@ from extractor.parallel.stream import usable_cpus
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
 @click.option(
+    "--follow-outside/--no-follow-outside",
+    default=True,
+    show_default=True,
+    help="Follow symbolic links whose target lies outside a SOURCE folder (links inside it are always followed; "
+    "loops never are).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -100,11 +112,11 @@ from extractor.parallel.stream import usable_cpus
     "--num-actors",
     default=None,
     type=click.IntRange(1),
-    help="With --engine ray: inference actors (default: half the cluster's CPUs / --cpus-per-actor).",
+    help="With --engine ray: inference actors (default: 3/4 of the cluster's CPUs / --cpus-per-actor).",
 )
 @click.option(
     "--cpus-per-actor",
-    default=1.0,
+    default=1.5,
     show_default=True,
     type=click.FloatRange(0.1),
     help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
@@ -142,6 +154,7 @@ def embed(
     prune: bool,
     retry_errors: bool,
     overwrite: bool,
+    follow_outside: bool,
     engine: str,
     address: str | None,
     num_actors: int | None,
@@ -159,10 +172,10 @@ def embed(
     Reruns embed only new and changed files. Files that cannot be embedded are recorded in
     OUT_DIR/_errors.parquet and never stop the job.
     """
+    from extractor.embed.job import embed_folder
     from extractor.images.sources import open_source
-    from extractor.network.weights import default_source
 
-    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.0}
+    ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
@@ -170,10 +183,9 @@ def embed(
         raise click.UsageError("give SOURCE (a folder, URL or tar shards) or --from-list FILE, one of them")
     if list_root is not None and from_list is None:
         raise click.UsageError("--root only applies with --from-list")
-    images = open_source(source, from_list, list_root)  # a missing folder or shard pattern fails before the model
-    from extractor.embed.job import EmbedJob
+    # a missing folder, manifest or shard pattern fails before the model loads
+    images = open_source(source, from_list, list_root, follow_outside)
     from extractor.embed.local import LocalEngine
-    from extractor.network.features import FeatureExtractor
 
     runner: Any = LocalEngine()
     if engine == "ray":
@@ -182,12 +194,14 @@ def embed(
 
         import_ray()  # not installed: say how, before the model loads
         runner = RayEngine(address, num_actors, cpus_per_actor)
-
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
-    job = EmbedJob(
+    summary = embed_folder(
         images,
         out_dir,
-        extractor,
+        weights,
+        arch,
+        layer,
+        pooling,
+        resize,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -196,11 +210,12 @@ def embed(
         prune=prune,
         retry_errors=retry_errors,
         overwrite=overwrite,
+        follow_outside=follow_outside,
         progress=progress,
         engine=runner,
     )
-    summary = job.run()
-    spec = extractor.spec
-    click.echo(f"{out_dir}: {spec.arch} {spec.layer}/{spec.pooling} {spec.dim}-d embeddings")
+    meta = summary.meta
+    assert meta is not None
+    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
     for line in summary.lines():
         click.echo(line)

@@ -1,26 +1,21 @@
 """``alexfeat train``, ``predict``, ``export`` and ``finetune``: classifier heads on cached embeddings, then on
-raw images. TensorFlow is imported inside the commands only (the modules imported here do not load it)."""
+raw images. Each command parses its arguments, calls one function of :mod:`extractor.heads.api` and prints;
+TensorFlow is imported inside those calls only (the modules imported here do not load it)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import click
 
-from extractor import __version__
-from extractor.heads.classifier_dir import ClassifierDir, read_classifier_dir, write_classifier_dir
-from extractor.heads.export import EXPORT_FORMATS, export_classifier
-from extractor.heads.labels import resolve_labels
-from extractor.heads.predict import ImageClassifier, PredictError, Prediction, predict_vectors
-from extractor.heads.train import HEAD_KINDS, TrainConfig, train_head
+from extractor.heads.api import export_model, finetune_dir, predict_dataset, predict_files, train_head_dir
+from extractor.heads.export import EXPORT_FORMATS
+from extractor.heads.predict import PredictError, Prediction
+from extractor.heads.train import HEAD_KINDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.images.discover import discover
-from extractor.network.tf_runtime import import_tensorflow
 from extractor.parallel.stream import usable_cpus
-from extractor.store import load_dataset, read_meta
+from extractor.util.textsafe import text_cell
 
 progress_option = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 weights_option = click.option(
@@ -88,24 +83,9 @@ def train(
     Rows without a label (files directly in the embedded folder, or paths a CSV leaves out) are skipped with a
     warning.
     """
-    config = TrainConfig(kind, val_fraction, epochs, seed)  # checks the arguments before TensorFlow loads
-    import_tensorflow()
-
-    dataset = load_dataset(emb_dir, columns=("id", "path", "label"))
-    labels = resolve_labels(labels_spec, dataset.get_paths(), dataset.labels)
-    if labels.unlabelled:
-        click.echo(
-            f"warning: {labels.unlabelled} of {len(dataset)} rows have no label in {labels.source!r} and are left out",
-            err=True,
-        )
-    result = train_head(dataset.get_vectors(), dataset.get_paths(), labels.values, config, progress)
-    metrics = {
-        **result.metrics,
-        "embeddings": str(Path(emb_dir).resolve()),
-        "labels": labels.source,
-        "package_version": __version__,
-    }
-    write_classifier_dir(out_dir, result.model, False, result.classes, metrics, dataset.meta)
+    result = train_head_dir(
+        emb_dir, out_dir, labels_spec, progress, _warn, kind=kind, val_fraction=val_fraction, epochs=epochs, seed=seed
+    )
     m = result.metrics
     val = f"val accuracy {m['val_accuracy']:.3f}" if m["val_accuracy"] is not None else "no validation split"
     click.echo(
@@ -166,36 +146,28 @@ def predict(
         raise click.UsageError("give either images (IMAGES or --dir) or --embeddings, not both")
     if emb_dir is None and not images and image_dir is None:
         raise click.UsageError("give image files, --dir DIR or --embeddings EMB_DIR")
-    classifier = read_classifier_dir(head_dir)
-    paths = list(images) + ([os.path.join(image_dir, entry.path) for entry in discover(image_dir)] if image_dir else [])
-    if weights and classifier.finetuned:
-        click.echo("warning: --weights is ignored: a fine-tuned model holds its own weights", err=True)
-    import_tensorflow()
     results: Iterable[Prediction | PredictError]
     if emb_dir is not None:
-        results = _predict_embeddings(classifier, emb_dir, top)
+        results = predict_dataset(head_dir, emb_dir, top)
     else:
-        model = ImageClassifier(classifier.end_to_end(weights), classifier.classes, classifier.resize_spec, max_pixels)
-        results = model.predict_files(paths, top, batch_size, workers, progress)
+        results = predict_files(
+            head_dir, images, image_dir, top, weights, batch_size, workers, max_pixels, progress, _warn
+        )
     done = failed = 0
     for result in results:
-        is_error = isinstance(result, PredictError)
-        done, failed = done + (not is_error), failed + is_error
+        if isinstance(result, PredictError):
+            failed += 1
+            line, to_stderr = f"{text_cell(result.path)}: {result.error}: {text_cell(result.message)}", True
+        else:
+            done += 1
+            rest = "".join(f"\t{text_cell(label)} {p:.4f}" for label, p in result.top[1:])
+            line = f"{text_cell(result.path)}\t{text_cell(result.label)}\t{result.probability:.4f}{rest}"
+            to_stderr = False
         if as_json:
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
-        elif isinstance(result, PredictError):
-            click.echo(f"{result.path}: {result.error}: {result.message}", err=True)
         else:
-            rest = "".join(f"\t{label} {p:.4f}" for label, p in result.top[1:])
-            click.echo(f"{result.path}\t{result.label}\t{result.probability:.4f}{rest}")
+            click.echo(line, err=to_stderr)
     click.echo(f"classified {done}" + (f", {failed} could not be read" if failed else ""), err=True)
-
-
-def _predict_embeddings(classifier: ClassifierDir, emb_dir: str, top: int) -> list[Prediction]:
-    """Classify the rows of an embeddings dataset made with the head's model settings."""
-    classifier.check_embeddings(read_meta(emb_dir), emb_dir)
-    dataset = load_dataset(emb_dir, columns=("id", "path"), expect=classifier.meta)
-    return predict_vectors(classifier.load_model(), classifier.classes, dataset.get_vectors(), dataset.get_paths(), top)
 
 
 @click.command()
@@ -211,13 +183,11 @@ def export(head_dir: str, out: str, fmt: str, weights: str | None) -> None:
     The model holds preprocessing, the base network, pooling, L2 normalisation and the head; decoding and
     resizing stay outside (alexfeat's decoder, with the resize policy written to the class file).
     """
-    classifier = read_classifier_dir(head_dir)
-    import_tensorflow()
-    result = export_classifier(classifier, out, fmt, weights)
+    result = export_model(head_dir, out, fmt, weights)
     size = result.input_size
     click.echo(
         f"{result.path}: {fmt} model, uint8 RGB images (N, {size}, {size}, 3) decoded with "
-        f"{classifier.meta.resize} -> {len(classifier.classes)} class probabilities; classes in "
+        f"{result.resize} -> {len(result.classes)} class probabilities; classes in "
         f"{result.classes_path}"
     )
 
@@ -279,13 +249,12 @@ def finetune(
 
     Reports validation accuracy before and after; OUT_DIR works with predict and export like a head directory.
     """
-    source = read_classifier_dir(head_dir)
-    next(iter(discover(images_dir)), None)  # a missing folder fails before TensorFlow loads
-    import_tensorflow()
-    from extractor.heads.finetune import FinetuneConfig
-    from extractor.heads.finetune import finetune as run_finetune
-
-    config = FinetuneConfig(
+    result = finetune_dir(
+        images_dir,
+        out_dir,
+        head_dir,
+        weights,
+        progress,
         unfreeze=unfreeze,
         learning_rate=learning_rate,
         epochs=epochs,
@@ -294,9 +263,6 @@ def finetune(
         seed=seed,
         workers=workers,
     )
-    result = run_finetune(images_dir, source, config, weights, progress)
-    metrics = {**result.metrics, "images": str(Path(images_dir).resolve()), "package_version": __version__}
-    write_classifier_dir(out_dir, result.model, True, result.classes, metrics, source.meta)
     m = result.metrics
     if m["decode_errors"]:
         click.echo(
@@ -310,3 +276,7 @@ def finetune(
         f"val accuracy {m['val_accuracy_before']:.3f} -> {m['val_accuracy']:.3f} (best epoch "
         f"{m['best_epoch']} of {m['epochs_run']}) in {m['train_seconds']:.1f}s"
     )
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)

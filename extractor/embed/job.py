@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from extractor import __version__
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.embed.local import LocalEngine
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
@@ -27,6 +28,8 @@ from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import FileEntry
 from extractor.images.sources import Source, SourceError, open_source
 from extractor.network.features import FeatureExtractor
+from extractor.network.poolings import DEFAULT_POOLING
+from extractor.network.weights import default_source
 from extractor.parallel.stream import usable_cpus
 from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, read_errors
 from extractor.util.timing import Phases
@@ -54,6 +57,7 @@ class EmbedSummary:
     discovered: int = 0
     wall_seconds: float = 0.0
     stages: Phases = field(default_factory=lambda: Phases("embed", STAGES, level=logging.DEBUG))
+    meta: EmbeddingMeta | None = None  # the dataset's model settings (arch, layer, pooling, dim, ...)
 
     @property
     def images_per_second(self) -> float:
@@ -89,12 +93,13 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
+    follow_outside: bool = True  # a folder source: follow symbolic links whose target is outside it
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
     engine: Engine = field(default_factory=LocalEngine)  # where decoding and inference run
 
     def __post_init__(self) -> None:
         if isinstance(self.source, (str, os.PathLike)):
-            self.source = open_source(self.source)
+            self.source = open_source(self.source, follow_outside=self.follow_outside)
 
     @property
     def input(self) -> Source:
@@ -102,15 +107,15 @@ class EmbedJob:
         return self.source
 
     def metadata(self) -> EmbeddingMeta:
-        return EmbeddingMeta(**self.extractor.spec.as_dict(), root=self.input.root, package_version=__version__)
+        """The extractor's settings with the input's root: what the dataset records."""
+        return dataclasses.replace(self.extractor.spec, root=self.input.root)
 
     def run(self) -> EmbedSummary:
-        summary = EmbedSummary()
+        meta = self.metadata()
+        summary = EmbedSummary(meta=meta)
         start = time.perf_counter()
         timer = summary.stages
-        with open_for_writing(
-            self.out_dir, self.metadata(), overwrite=self.overwrite, rows_per_part=self.rows_per_part
-        ) as writer:
+        with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
             unlisted: list[ErrorRecord] = []  # what could not be listed (a folder, a missing file): recorded
             with timer("discover"):
                 entries = list(self.input.list(lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
@@ -139,6 +144,34 @@ class EmbedJob:
             errors=read_errors(self.out_dir),
             retry_errors=self.retry_errors,
         )
+
+
+def embed_folder(
+    source: Source | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    weights: str | None = None,
+    arch: str | None = None,
+    layer: str = "pool5",
+    pooling: str = DEFAULT_POOLING,
+    resize: str | None = None,
+    **options: Any,
+) -> EmbedSummary:
+    """Embed every image of ``source`` into the dataset ``out_dir`` (created; a rerun embeds only new and
+    changed files), as ``alexfeat embed`` does. ``source``: a folder, an object-store URL (``s3://bucket/prefix``),
+    tar shards (``"shards/{00000..00099}.tar"``), or a source object (``ManifestSource("list.csv")`` for
+    ``--from-list``; see :mod:`extractor.images.sources`).
+
+    ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
+    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
+    ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``,
+    ``engine``: ``LocalEngine()`` or ``RayEngine(...)``). It
+    starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
+    """
+    if isinstance(source, (str, os.PathLike)):  # a missing folder or shard pattern fails before the model loads
+        source = open_source(source, follow_outside=options.get("follow_outside", True))
+    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    return EmbedJob(source, os.fspath(out_dir), extractor, **options).run()
 
 
 def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:

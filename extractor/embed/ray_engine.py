@@ -19,7 +19,6 @@ store (``s3://``...: each node then needs fsspec's package and credentials); so 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -50,6 +49,11 @@ DRIVER_BATCH = 1024
 """Rows the driver commits at a time: its per-batch Python costs (ids, Arrow conversion) amortised over ~1,000
 rows commit ~3x as many rows/s as over the actors' 32 (measured: 20,000 vs 6,300 rows/s on a loaded 2-core
 machine), so one driver keeps up with a few hundred cores."""
+DECODE_CPUS = 0.5
+INFER_SHARE = 0.75
+"""(With ``DECODE_CPUS``.) Decoding a 500x375 JPEG costs about a third of its inference (measured: 380 vs 122
+images/s per core), so by default actors reserve three quarters of the CPUs and a decode task half a CPU: on 2
+CPUs, one actor of 1.5 CPUs (TensorFlow on 2 threads, as the local engine's) beside one decode task."""
 DECODE_RETRIES = 2
 """Times a decode task is run again after its worker process died (a node lost, or a file that crashes it)."""
 
@@ -60,12 +64,13 @@ class RayEngine:
 
     ``address``: None starts a local Ray instance (or uses the one this process already started), ``auto``
     joins the cluster this machine belongs to, ``ray://HOST:10001`` connects through Ray Client. ``num_actors``
-    None: one actor per ``cpus_per_actor`` CPUs of half the cluster (the other half decodes), at least one.
+    None: one actor per ``cpus_per_actor`` CPUs of ``INFER_SHARE`` of the cluster (the rest decodes), at least one.
+    Each decode task reserves ``DECODE_CPUS``; an actor's TensorFlow gets ``ceil(cpus_per_actor)`` threads.
     """
 
     address: str | None = None
     num_actors: int | None = None
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.5
     name: str = "ray"
 
     def embed(self, job: EmbedJob, todo: list[FileEntry], writer: DatasetWriter, summary: EmbedSummary) -> None:
@@ -76,7 +81,7 @@ class RayEngine:
         try:
             with timer("start"):
                 actors = self.num_actors or max(
-                    1, int(ray.cluster_resources().get("CPU", 1) // 2 // self.cpus_per_actor)
+                    1, int(ray.cluster_resources().get("CPU", 1) * INFER_SHARE // self.cpus_per_actor)
                 )
                 batches = self._pipeline(ray, job, todo, actors)
             with Progress(len(todo), "embed", enabled=job.progress) as progress:
@@ -89,7 +94,7 @@ class RayEngine:
                     progress.update(good + bad, errors=summary.errors)
         except ray.exceptions.RayError as exc:
             raise AlexfeatError(
-                f"the Ray job failed after {summary.embedded + summary.errors} files: {_first_line(exc)}. The "
+                f"the Ray job failed after {summary.embedded + summary.errors} files: {_last_line(exc)}. The "
                 "finished batches are kept: run the same command again to embed the rest"
             ) from None
         finally:
@@ -116,13 +121,13 @@ class RayEngine:
                 functools.partial(decode_batch, resize=spec.resize, max_pixels=job.max_pixels),
                 batch_size=job.batch_size,
                 batch_format="numpy",
-                num_cpus=1,
+                num_cpus=DECODE_CPUS,
                 ray_remote_args_fn=_decode_task_options,
             )
         ds = ds.map_batches(
             Embedder,
             fn_constructor_kwargs={
-                "metadata": dataclasses.asdict(job.metadata()),
+                "metadata": job.metadata().to_dict(),
                 "threads": math.ceil(self.cpus_per_actor),
             },
             batch_size=job.batch_size,
@@ -149,17 +154,19 @@ class Embedder:
 
     def __init__(self, metadata: dict[str, Any], threads: int) -> None:
         from extractor.network.features import FeatureExtractor
+        from extractor.network.spec import EmbeddingMeta
         from extractor.network.tf_runtime import import_tensorflow
 
         import_tensorflow(threads)
-        self.extractor = FeatureExtractor.from_metadata(metadata)
+        self.extractor = FeatureExtractor.from_metadata(EmbeddingMeta.from_dict(metadata))
         self.extractor.warm_up()
 
     def __call__(self, batch: Columns) -> Columns:
         return apply_model(batch, self.extractor, self.extractor.spec.dim)
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text (Ray's task errors end with the original exception)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 

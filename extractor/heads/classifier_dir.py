@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from extractor.errors import AlexfeatError, DatasetError
-from extractor.store import EmbeddingMeta
-from extractor.util.atomic import atomic_dir
+from extractor.network.spec import EmbeddingMeta
+from extractor.util.atomic import atomic_dir, check_replaceable
 
 HEAD_FILE = "head.keras"
 MODEL_FILE = "model.keras"
@@ -67,9 +67,30 @@ class ClassifierDir:
         import extractor.network.model  # noqa: F401  (registers the custom layers)
 
         try:
-            return keras.models.load_model(self.model_path, compile=False)
+            model = keras.models.load_model(self.model_path, compile=False)
         except Exception as exc:  # Keras raises many types for damaged archives
             raise ClassifierDirError(f"cannot load {self.model_path}: {exc}. Train it again") from exc
+        self._check_shapes(model)
+        return model
+
+    def _check_shapes(self, model: Any) -> None:
+        """Refuse a model whose outputs are not one per class, or a head whose input is not the embedding size."""
+        try:
+            inputs, outputs = tuple(model.input_shape), tuple(model.output_shape)
+        except (AttributeError, ValueError, TypeError):
+            raise ClassifierDirError(
+                f"{self.model_path} is not a single-input, single-output model; train it again"
+            ) from None
+        if outputs[-1] != len(self.classes):
+            raise ClassifierDirError(
+                f"{self.model_path} gives {outputs[-1]} class probabilities but {self.path / CLASSES_FILE} names "
+                f"{len(self.classes)} classes: the files are from different runs; train the head again"
+            )
+        if not self.finetuned and inputs[-1] != self.meta.dim:
+            raise ClassifierDirError(
+                f"{self.model_path} expects {inputs[-1]}-d embeddings but {self.path / METRICS_FILE} records "
+                f"{self.meta.dim}-d ones (embedding_metadata): the files are from different runs; train the head again"
+            )
 
     def check_embeddings(self, meta: EmbeddingMeta, where: str) -> None:
         """Refuse embeddings made with other model settings than this classifier's (or any, when fine-tuned)."""
@@ -138,10 +159,27 @@ def read_classifier_dir(path: str | os.PathLike[str]) -> ClassifierDir:
     if not isinstance(metrics, dict) or not isinstance(metrics.get(META_KEY), dict):
         raise ClassifierDirError(f"{path / METRICS_FILE} lacks {META_KEY}: train the head again")
     try:
-        meta = EmbeddingMeta.from_json(json.dumps(metrics[META_KEY]), where=str(path / METRICS_FILE))
+        meta = EmbeddingMeta.from_dict(metrics[META_KEY], where=str(path / METRICS_FILE))
     except DatasetError as exc:
         raise ClassifierDirError(str(exc)) from exc
     return ClassifierDir(path, classes, metrics, meta, finetuned)
+
+
+def check_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """The output directory of ``train`` / ``finetune``, refused early when it cannot be replaced as a whole: the
+    current directory or one above it, a file, or a directory holding files that are not a classifier's."""
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ClassifierDirError(f"output {out_dir} exists and is not a directory")
+        foreign = sorted(name for name in os.listdir(out_dir) if name not in OUR_FILES)
+        if foreign:
+            raise ClassifierDirError(
+                f"{out_dir} holds files that are not a classifier's ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
+            )
+    return out_dir
 
 
 def write_classifier_dir(
@@ -156,23 +194,14 @@ def write_classifier_dir(
 
     An existing ``out_dir`` is replaced only when it is empty or a classifier directory itself.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ClassifierDirError(f"output {out_dir} exists and is not a directory")
-        foreign = sorted(name for name in os.listdir(out_dir) if name not in OUR_FILES)
-        if foreign:
-            raise ClassifierDirError(
-                f"{out_dir} holds files that are not a classifier's ({', '.join(foreign[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
-            )
+    out_dir = check_output_dir(out_dir)
     try:
         with atomic_dir(out_dir) as staging:
             model.save(staging / (MODEL_FILE if finetuned else HEAD_FILE))
             (staging / CLASSES_FILE).write_text(
                 json.dumps(classes, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
             )
-            record = {**metrics, META_KEY: json.loads(meta.to_json())}
+            record = {**metrics, META_KEY: meta.to_dict()}
             (staging / METRICS_FILE).write_text(
                 json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
             )

@@ -20,16 +20,20 @@ from typing import Any
 
 from extractor.errors import AlexfeatError
 from extractor.heads.classifier_dir import ClassifierDir
-from extractor.util.atomic import atomic_dir, write_text_atomic
+from extractor.util.atomic import atomic_dir, check_replaceable, write_text_atomic
 
 EXPORT_FORMATS = ("keras", "savedmodel")
 
 
 @dataclass(frozen=True)
 class ExportResult:
+    """Where the model and its class file went, and what the model takes and gives."""
+
     path: Path
     classes_path: Path
     input_size: int
+    resize: str  # the decoder's resize policy that makes the model's input
+    classes: list[str]
 
 
 def classes_document(classifier: ClassifierDir) -> str:
@@ -59,8 +63,11 @@ def export_classifier(
     if fmt == "keras" and out.suffix != ".keras":
         raise AlexfeatError(
             f"a Keras model file must end in .keras (Keras refuses other names): use "
-            f"-o {out.with_suffix('.keras')}, or --format savedmodel for a directory"
+            f"-o {out.with_suffix('.keras') if out.name not in ('', '..') else 'model.keras'}, or --format "
+            "savedmodel for a directory"
         )
+    if fmt == "savedmodel":
+        check_replaceable(out)  # before the model is built
     model = classifier.end_to_end(weights)
     if fmt == "keras":
         classes_path = out.with_name(f"{out.stem}.classes.json")
@@ -69,7 +76,7 @@ def export_classifier(
     else:
         classes_path = out / "classes.json"
         _save_savedmodel(model, out, classes_document(classifier))
-    return ExportResult(out, classes_path, classifier.meta.input_size)
+    return ExportResult(out, classes_path, classifier.meta.input_size, classifier.meta.resize, list(classifier.classes))
 
 
 def _save_keras(model: Any, out: Path) -> None:

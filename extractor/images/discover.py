@@ -43,31 +43,39 @@ class FileEntry:
 OnError = Callable[[str, OSError], None]
 
 
-def discover(root: str | os.PathLike[str], on_error: OnError | None = None) -> Iterator[FileEntry]:
+def discover(
+    root: str | os.PathLike[str], on_error: OnError | None = None, follow_outside: bool = True
+) -> Iterator[FileEntry]:
     """The image files under ``root`` as a lazy iterator, sorted by relative path (code-point order).
 
     Symbolic links to files and folders are followed; each real folder is walked once (tracked by device and
     inode), so a link back to an ancestor never loops and a folder reachable twice is listed once, under the path
-    met first in sorted order. Names starting with '.' are skipped; so are broken links and anything that is not a
-    regular file. Size and mtime are those of the link target. A sub-folder that cannot be listed or a file that
-    cannot be stat'ed is skipped and passed to ``on_error(relative_path, exception)`` when given. A missing or
-    unreadable root raises ``AlexfeatError`` at once, before iteration starts.
+    met first in sorted order. With ``follow_outside=False`` a link whose target lies outside ``root`` (its real
+    path) is skipped. Names starting with '.' are skipped; so are broken links, link loops and anything that is
+    not a regular file (FIFOs, devices, sockets: never opened). Size and mtime are those of the link target. A
+    sub-folder that cannot be listed or a file that cannot be stat'ed is skipped and passed to
+    ``on_error(relative_path, exception)`` when given. A missing or unreadable root raises ``AlexfeatError`` at
+    once, before iteration starts.
     """
     root_abs = os.path.abspath(os.fspath(root))
     if not os.path.exists(root_abs):
         raise AlexfeatError(f"image folder {os.fspath(root)!r} does not exist")
     if not os.path.isdir(root_abs):
         raise AlexfeatError(f"{os.fspath(root)!r} is not a folder: give the folder that holds the images")
+    inside = None if follow_outside else os.path.realpath(root_abs)
     try:
         root_stat = os.stat(root_abs)
-        root_children = _list_dir(root_abs, "")
+        root_children = _list_dir(root_abs, "", inside)
     except OSError as exc:
         raise AlexfeatError(f"cannot read image folder {os.fspath(root)!r}: {exc.strerror or exc}") from exc
-    return _walk(root_children, {(root_stat.st_dev, root_stat.st_ino)}, on_error)
+    return _walk(root_children, {(root_stat.st_dev, root_stat.st_ino)}, on_error, inside)
 
 
 def _walk(
-    root_children: list[tuple[str, str, bool]], visited: set[tuple[int, int]], on_error: OnError | None
+    root_children: list[tuple[str, str, bool]],
+    visited: set[tuple[int, int]],
+    on_error: OnError | None,
+    inside: str | None,
 ) -> Iterator[FileEntry]:
     """Depth-first walk below the root's listed children, skipping real folders already in ``visited``."""
     # A stack of (relative path, absolute path, is_dir), pushed in reverse order so items pop in sorted order.
@@ -88,7 +96,7 @@ def _walk(
             continue
         visited.add(key)
         try:
-            children = _list_dir(abs_path, rel + "/")
+            children = _list_dir(abs_path, rel + "/", inside)
         except OSError as exc:
             if on_error is not None:
                 on_error(rel, exc)
@@ -96,9 +104,10 @@ def _walk(
         stack.extend(reversed(children))
 
 
-def _list_dir(abs_dir: str, rel_prefix: str) -> list[tuple[str, str, bool]]:
+def _list_dir(abs_dir: str, rel_prefix: str, inside: str | None = None) -> list[tuple[str, str, bool]]:
     """Visible sub-folders and image files of one folder, sorted so that a depth-first walk yields paths in
-    code-point order (a folder sorts as ``name + '/'``, which is where its contents fall among its siblings)."""
+    code-point order (a folder sorts as ``name + '/'``, which is where its contents fall among its siblings).
+    With ``inside`` (a real path), links whose target is not under it are left out."""
     children: list[tuple[str, str, str, bool]] = []
     with os.scandir(abs_dir) as entries:
         for entry in entries:
@@ -106,6 +115,9 @@ def _list_dir(abs_dir: str, rel_prefix: str) -> list[tuple[str, str, bool]]:
             if name.startswith("."):
                 continue
             stored = stored_name(name)
+            if inside is not None and entry.is_symlink() and not _is_under(os.path.realpath(entry.path), inside):
+                log.info("skipping %s: the link leads outside the folder (--no-follow-outside)", entry.path)
+                continue
             try:
                 if entry.is_dir():  # follows links; False for broken links
                     children.append((stored + "/", rel_prefix + stored, entry.path, True))
@@ -121,6 +133,10 @@ def _list_dir(abs_dir: str, rel_prefix: str) -> list[tuple[str, str, bool]]:
             continue
         unique.append(child)
     return [(rel, abs_path, is_dir) for _, rel, abs_path, is_dir in unique]
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def stored_name(name: str) -> str:

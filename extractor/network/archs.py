@@ -1,4 +1,5 @@
-"""AlexNet architecture tables (no TensorFlow): layer specs, input sizes, preprocessing constants, FLOPs."""
+"""AlexNet tables (no TensorFlow): architectures, layer specs, input sizes, resize defaults, feature layers,
+preprocessing constants, FLOPs. The CLI's choices come from here (and from :mod:`extractor.network.poolings`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from extractor.errors import WeightsError
 
 ARCHS = ("caffe", "torchvision")
 INPUT_SIZE = {"caffe": 227, "torchvision": 224}
+# The decoder's resize policy each architecture's weights were trained with (see extractor.images.decode.ResizeSpec).
+DEFAULT_RESIZE = {"caffe": "squash256-center227", "torchvision": "shorter256-center224"}
 # Per-channel RGB training mean of the caffe-layout weights (0..255), from their 256 x 256 mean image.
 CAFFE_MEAN_RGB = (122.226, 116.209, 103.565)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
-POOLINGS = (None, "avg", "max")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,10 @@ CONVS: dict[str, tuple[ConvSpec, ...]] = {
 }
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_LAYERS = ("fc6", "fc7", "predictions")
+FC_UNITS = 4096  # width of fc6 and fc7
 POOL5_SHAPE = (6, 6, 256)
+# The layers an embedding can come from: pool5 (then globally pooled, see extractor.network.poolings), fc6, fc7.
+LAYERS = ("pool5", "fc6", "fc7")
 
 
 def check_arch(arch: str) -> str:

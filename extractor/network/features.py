@@ -1,48 +1,28 @@
 """The embedding function: decoded uint8 images in, L2-normalised feature vectors out.
 
-One :class:`FeatureExtractor` holds the frozen base network, the chosen layer and pooling, and a compiled
-``tf.function`` that does preprocessing, the forward pass, pooling and L2 normalisation in one graph. Its
-:class:`FeatureSpec` is what the Parquet metadata records, so a later command (search by image, predict)
-rebuilds exactly the same function with :meth:`FeatureExtractor.from_metadata`.
+One :class:`FeatureExtractor` is :func:`extractor.network.model.AlexNet` (frozen, with the chosen layer and
+pooling) + preprocessing + L2 normalisation, compiled once as a ``tf.function``. Its ``spec``, an
+:class:`~extractor.network.spec.EmbeddingMeta`, is what the dataset records, so a later command (search by image,
+predict) rebuilds exactly the same function with :meth:`FeatureExtractor.from_metadata`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from extractor.errors import AlexfeatError, WeightsError
-from extractor.network.archs import INPUT_SIZE, POOL5_SHAPE
+from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS
+from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
+from extractor.network.spec import EmbeddingMeta
 from extractor.network.weights import Weights, resolve_weights
 
 if TYPE_CHECKING:
     from extractor.images.batches import ImageResults
     from extractor.images.file_decoder import ImageInput
-
-LAYERS = ("pool5", "fc6", "fc7")
-POOL5_POOLINGS = ("avg", "max", "gem", "flatten")
-DEFAULT_RESIZE = {"caffe": "squash256-center227", "torchvision": "shorter256-center224"}
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The settings that define an embedding (recorded in the dataset metadata)."""
-
-    arch: str
-    weights_source: str
-    weights_sha256: str
-    layer: str
-    pooling: str
-    input_size: int
-    resize: str
-    dim: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _validate(layer: str, pooling: str, weights: Weights) -> str:
@@ -50,8 +30,8 @@ def _validate(layer: str, pooling: str, weights: Weights) -> str:
     if layer not in LAYERS:
         raise AlexfeatError(f"unknown layer {layer!r}: choose one of {', '.join(LAYERS)}")
     if layer == "pool5":
-        if pooling not in POOL5_POOLINGS:
-            raise AlexfeatError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOL5_POOLINGS)}")
+        if pooling not in POOLINGS:
+            raise AlexfeatError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
         return pooling
     if weights.source != "random" and not weights.has_fc:
         raise WeightsError(
@@ -70,7 +50,7 @@ class FeatureExtractor:
         weights: str | Weights = "imagenet",
         arch: str | None = None,
         layer: str = "pool5",
-        pooling: str = "gem",
+        pooling: str = DEFAULT_POOLING,
         resize: str | None = None,
     ) -> None:
         from extractor.images.decode import ResizeSpec
@@ -84,9 +64,15 @@ class FeatureExtractor:
             raise AlexfeatError(
                 f"resize {resize!r} gives {self.resize_spec.output_size} px images, the {arch} network needs {size}"
             )
-        dim = int(np.prod(POOL5_SHAPE)) if pooling == "flatten" else POOL5_SHAPE[-1] if layer == "pool5" else 4096
-        self.spec = FeatureSpec(
-            arch, self.weights.source, self.weights.sha256, layer, pooling, size, str(self.resize_spec), dim
+        self.spec = EmbeddingMeta(
+            arch=arch,
+            weights_source=self.weights.source,
+            weights_sha256=self.weights.sha256,
+            layer=layer,
+            pooling=pooling,
+            input_size=size,
+            resize=str(self.resize_spec),
+            dim=POOLINGS[pooling].dim if layer == "pool5" else FC_UNITS,
         )
         self._model: Any = None
         self._compiled: Any = None
@@ -111,27 +97,18 @@ class FeatureExtractor:
                 self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
 
     def _build(self, arch: str, layer: str, pooling: str) -> Any:
-        """The Keras model from uint8 images to unnormalised features."""
+        """The Keras model from uint8 images to unnormalised features: Preprocess, then AlexNet up to ``layer``
+        (pooled with ``pooling`` at pool5)."""
         import keras
 
-        from extractor.network.model import AlexNet, GeneralizedMeanPooling, Preprocess
+        from extractor.network.model import AlexNet, Preprocess
 
         if layer == "pool5":
-            base = AlexNet(weights=self.weights, include_top=False, pooling=None, trainable=False)
-            x = base.output
-            if pooling == "avg":
-                x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            elif pooling == "max":
-                x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-            elif pooling == "gem":
-                x = GeneralizedMeanPooling(name="gem_pool")(x)
-            else:
-                x = keras.layers.Flatten(name="flatten")(x)
+            features = AlexNet(weights=self.weights, include_top=False, pooling=pooling, trainable=False)
         else:
             base = AlexNet(weights=self.weights, include_top=True, classifier_activation=None, trainable=False)
-            x = base.get_layer(layer).output
-        inputs = keras.Input(shape=base.input_shape[1:], dtype="uint8", name="image")
-        features = keras.Model(base.input, x)
+            features = keras.Model(base.input, base.get_layer(layer).output)
+        inputs = keras.Input(shape=features.input_shape[1:], dtype="uint8", name="image")
         outputs = features(Preprocess(arch, name="preprocess")(inputs))
         return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}")
 
@@ -180,35 +157,27 @@ class FeatureExtractor:
         )
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, Any] | Any, weights: str | None = None) -> FeatureExtractor:
+    def from_metadata(cls, meta: EmbeddingMeta, weights: str | None = None) -> FeatureExtractor:
         """Rebuild the extractor a dataset was made with; ``weights`` overrides the recorded source.
 
         A weights file whose sha256 differs from the recorded one is refused.
         """
-        fields = meta if isinstance(meta, Mapping) else asdict(meta)
-        source = weights or fields["weights_source"]
+        source = weights or meta.weights_source
         try:
-            resolved = resolve_weights(source, fields["arch"])
+            resolved = resolve_weights(source, meta.arch)
         except WeightsError as exc:
             raise WeightsError(
-                f"{exc}\nThe embeddings were made with weights {fields['weights_source']!r}; pass "
+                f"{exc}\nThe embeddings were made with weights {meta.weights_source!r}; pass "
                 "--weights with that file (or a copy of it) on this machine."
             ) from None
-        if resolved.sha256 != fields["weights_sha256"]:
+        if resolved.sha256 != meta.weights_sha256:
             raise WeightsError(
                 f"weights {source!r} (sha256 {resolved.sha256[:12]}...) are not the ones the "
-                f"embeddings were made with (sha256 {fields['weights_sha256'][:12]}..., from "
-                f"{fields['weights_source']!r})"
+                f"embeddings were made with (sha256 {meta.weights_sha256[:12]}..., from "
+                f"{meta.weights_source!r})"
             )
-        extractor = cls(
-            resolved,
-            fields["arch"],
-            fields["layer"],
-            fields["pooling"] if fields["layer"] == "pool5" else "avg",
-            fields["resize"],
+        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize)
+        meta.check_compatible(
+            extractor.spec, "the rebuilt extractor differs from the recorded settings (recorded != rebuilt)"
         )
-        if extractor.spec.dim != int(fields["dim"]):
-            raise AlexfeatError(
-                f"rebuilt extractor gives {extractor.spec.dim}-d vectors, metadata says {fields['dim']}"
-            )
         return extractor

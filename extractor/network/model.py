@@ -7,9 +7,10 @@ Two published architectures (tables in :mod:`extractor.network.archs`):
 - ``torchvision``: the "one weird trick" variant of ``torchvision.models.alexnet``: 64-192-384-256-256 filters,
   no groups, no LRN, input 224 x 224.
 
-The model takes preprocessed NHWC float input (see :func:`preprocess_input`), as keras.applications models do.
-Every layer is serialisable: a saved ``.keras`` file loads back in a process that imports this module (the
-custom layers are registered at import).
+The model takes preprocessed NHWC float input (see :func:`preprocess_input`), as keras.applications models do;
+``pooling`` is any entry of :data:`extractor.network.poolings.POOLINGS`. Every layer is serialisable: a saved
+``.keras`` file loads back in a process that imports this module (the custom layers of
+:mod:`extractor.network.layers` are registered at import).
 """
 
 from __future__ import annotations
@@ -18,23 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from extractor.errors import WeightsError
 from extractor.network.archs import (
     ARCHS,
-    CAFFE_MEAN_RGB,
     CONV_LAYERS,
     CONVS,
     FC_LAYERS,
+    FC_UNITS,
     INPUT_SIZE,
     POOL5_SHAPE,
-    POOLINGS,
-    TORCH_MEAN,
-    TORCH_STD,
     check_arch,
     flops_per_image,
 )
+from extractor.network.layers import (
+    GeneralizedMeanPooling,
+    LocalResponseNormalization,
+    Preprocess,
+    preprocessing_affine,
+)
+from extractor.network.poolings import POOLINGS
 
 if TYPE_CHECKING:
     from extractor.network.weights import Weights
@@ -50,81 +54,9 @@ __all__ = [
     "CONV_LAYERS",
     "FC_LAYERS",
     "POOL5_SHAPE",
+    "POOLINGS",
     "flops_per_image",
 ]
-
-
-@keras.saving.register_keras_serializable(package="alexfeat")
-class LocalResponseNormalization(keras.layers.Layer):
-    """Cross-channel LRN: ``x / (bias + alpha * sum_{|c'-c|<=r} x_{c'}^2) ** beta`` (alpha not divided by n)."""
-
-    def __init__(
-        self, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4, beta: float = 0.75, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
-
-    def call(self, x: Any) -> Any:
-        return tf.nn.local_response_normalization(
-            x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "depth_radius": self.depth_radius,
-            "bias": self.bias,
-            "alpha": self.alpha,
-            "beta": self.beta,
-        }
-
-
-@keras.saving.register_keras_serializable(package="alexfeat")
-class Preprocess(keras.layers.Layer):
-    """:func:`preprocess_input` as a layer (RGB 0..255 of any dtype in), for end-to-end models."""
-
-    def __init__(self, arch: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.arch = check_arch(arch)
-        offset, scale = _affine(self.arch)
-        self._offset = tf.constant(offset)
-        self._scale = tf.constant(scale)
-
-    def call(self, x: Any) -> Any:
-        return (tf.cast(x, tf.float32) - self._offset) * self._scale
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "arch": self.arch}
-
-
-@keras.saving.register_keras_serializable(package="alexfeat")
-class GeneralizedMeanPooling(keras.layers.Layer):
-    """GeM pooling over H and W: ``mean(x ** p) ** (1 / p)`` of non-negative (post-ReLU) maps."""
-
-    def __init__(self, p: float = 3.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.p = float(p)
-
-    def call(self, x: Any) -> Any:
-        return tf.pow(tf.reduce_mean(tf.pow(tf.maximum(x, 1e-6), self.p), axis=[1, 2]), 1.0 / self.p)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (input_shape[0], input_shape[-1])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "p": self.p}
-
-
-def _affine(arch: str) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessing as ``(x - offset) * scale`` per RGB channel, for x in 0..255."""
-    if arch == "caffe":
-        return np.array(CAFFE_MEAN_RGB, np.float32), np.ones(3, np.float32)
-    mean = np.array(TORCH_MEAN, np.float32) * 255.0
-    scale = 1.0 / (np.array(TORCH_STD, np.float32) * 255.0)
-    return mean, scale
 
 
 def preprocess_input(x: Any, arch: str) -> np.ndarray:
@@ -133,7 +65,7 @@ def preprocess_input(x: Any, arch: str) -> np.ndarray:
     ``caffe`` subtracts the per-channel training mean; ``torchvision`` maps to [0, 1] and then normalises
     with the ImageNet mean and standard deviation. Returns float32.
     """
-    offset, scale = _affine(check_arch(arch))
+    offset, scale = preprocessing_affine(arch)
     return (np.asarray(x, dtype=np.float32) - offset) * scale
 
 
@@ -157,8 +89,9 @@ def AlexNet(
             ``.npz`` or ``.weights.h5`` file, ``"random"`` (seeded initialisation), ``None`` (Keras default
             initialisation) or an already resolved :class:`extractor.network.weights.Weights`.
         include_top: add fc6, fc7 and the classifier (needs weights with fc layers, or random weights).
-        pooling: with ``include_top=False``: ``None`` returns the pool5 maps, ``"avg"``/``"max"`` a global
-            pooling of them.
+        pooling: with ``include_top=False``: ``None`` returns the pool5 maps, a name in
+            :data:`~extractor.network.poolings.POOLINGS` (``"avg"``, ``"max"``, ``"gem"``, ``"flatten"``) pools
+            the conv features into one vector.
         input_shape: (H, W, 3); defaults to the architecture's input size. Other sizes only without the top.
         classes: classifier outputs with ``include_top`` (1000 for pretrained weights).
         classifier_activation: activation of the classifier; ``None`` returns logits.
@@ -171,8 +104,8 @@ def AlexNet(
         arch = check_arch(arch or "torchvision")
     else:
         arch = resolved.check_arch(arch)
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be None or one of {', '.join(POOLINGS)}, got {pooling!r}")
     size = INPUT_SIZE[arch]
     if input_shape is None:
         input_shape = (size, size, 3)
@@ -196,10 +129,8 @@ def AlexNet(
     x = _features(inputs, arch, seeded)
     if include_top:
         x = _classifier(x, classes, classifier_activation, seeded)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    elif pooling is not None:
+        x = POOLINGS[pooling].build(keras.Model(inputs, x, name="conv_base"))
     model = keras.Model(inputs, x, name=name or f"alexnet_{arch}")
     if resolved is not None and resolved.tensors:
         resolved.load_into(model)
@@ -250,5 +181,5 @@ def _classifier(x: Any, classes: int, activation: str | None, seeded: bool) -> A
     x = keras.layers.Flatten(name="flatten")(x)
     for i, name in enumerate(("fc6", "fc7")):
         x = keras.layers.Dropout(0.5, name=f"drop{name[-1]}")(x)
-        x = keras.layers.Dense(4096, activation="relu", name=name, **_initializers(seeded, 10 + i))(x)
+        x = keras.layers.Dense(FC_UNITS, activation="relu", name=name, **_initializers(seeded, 10 + i))(x)
     return keras.layers.Dense(classes, activation=activation, name="predictions", **_initializers(seeded, 12))(x)

@@ -9,6 +9,8 @@ a checkpoint that asks for anything else (for example ``os.system``) is refused 
 from __future__ import annotations
 
 import io
+import math
+import os
 import pickle
 import struct
 import zipfile
@@ -37,6 +39,9 @@ STORAGE_DTYPES: dict[str, str] = {
     "ByteStorage": "u1",
     "BoolStorage": "?",
 }
+
+
+MAX_TENSOR_VALUES = 1 << 28  # the largest AlexNet tensor (fc6) holds 37,748,736
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,13 @@ class LazyTensor:
         data = self.storage.data
         if data is None:
             raise WeightsError(f"storage {self.storage.key!r} is missing from the checkpoint")
-        if len(self.size) != len(self.stride) or any(s < 0 for s in self.stride) or self.offset < 0:
+        if len(self.size) != len(self.stride) or any(s < 0 for s in self.stride + self.size) or self.offset < 0:
             raise WeightsError("checkpoint has a tensor with an invalid size/stride")
+        if math.prod(self.size) > MAX_TENSOR_VALUES:  # a stride-0 view may repeat a small storage: cap the copy
+            raise WeightsError(
+                f"a tensor of storage {self.storage.key!r} claims {math.prod(self.size):,} values, more than any "
+                "AlexNet layer holds: the checkpoint is corrupt or not AlexNet weights"
+            )
         if 0 not in self.size:
             last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
             if last >= data.size:
@@ -180,8 +190,15 @@ def _read_zip(path: Path) -> tuple[Any, dict[str, StorageRef]]:
         storages: dict[str, StorageRef] = {}
         try:
             obj = _unpickle(archive.read(pickles[0]), storages)
+            file_size = path.stat().st_size
             for ref in storages.values():
-                raw = archive.read(f"{top}/data/{ref.key}")
+                entry = archive.getinfo(f"{top}/data/{ref.key}")
+                if entry.file_size > 4 * file_size:  # checked before reading: weights barely compress
+                    raise WeightsError(
+                        f"{path}: storage {ref.key!r} claims {entry.file_size:,} bytes unpacked from a "
+                        f"{file_size:,}-byte file: the checkpoint is corrupt or hostile"
+                    )
+                raw = archive.read(entry)
                 ref.data = _storage_array(raw, ref, byteorder, path)
         except (zipfile.BadZipFile, KeyError, EOFError, OSError) as exc:
             raise WeightsError(f"{path}: checkpoint is truncated or corrupt ({exc})") from None
@@ -201,6 +218,7 @@ def _storage_array(raw: bytes, ref: StorageRef, byteorder: str, path: Path) -> n
 def _read_legacy(path: Path) -> tuple[Any, dict[str, StorageRef]]:
     storages: dict[str, StorageRef] = {}
     with open(path, "rb") as fh:
+        file_size = os.fstat(fh.fileno()).st_size
         magic = _unpickle(fh, storages)
         if magic != LEGACY_MAGIC:
             raise WeightsError(f"{path}: not a torch checkpoint (no zip archive, no legacy magic number)")
@@ -217,6 +235,11 @@ def _read_legacy(path: Path) -> tuple[Any, dict[str, StorageRef]]:
                 raise WeightsError(f"{path}: checkpoint is truncated (storage {key!r} missing)")
             (numel,) = struct.unpack("<q", header)
             nbytes = numel * ref.kind.dtype.itemsize
+            if numel < 0 or nbytes > file_size - fh.tell():  # checked before reading: never allocate a lie
+                raise WeightsError(
+                    f"{path}: storage {key!r} declares {numel:,} values, more than the file holds: the checkpoint "
+                    "is truncated or corrupt"
+                )
             raw = fh.read(nbytes)
             if numel != ref.numel or len(raw) < nbytes:
                 raise WeightsError(f"{path}: checkpoint is truncated or corrupt (storage {key!r})")

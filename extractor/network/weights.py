@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import WeightsError
-from extractor.network.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, POOL5_SHAPE, check_arch
+from extractor.network.archs import ARCHS, CONV_LAYERS, CONVS, FC_LAYERS, FC_UNITS, POOL5_SHAPE, check_arch
 from extractor.util.hashing import file_sha256
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _conv_shape(arch: str, name: str) -> tuple[int, ...]:
 
 def _expected_shapes(arch: str, classes: int = 1000) -> dict[str, tuple[int, ...]]:
     shapes = {name: _conv_shape(arch, name) for name in CONV_LAYERS}
-    shapes.update(fc6=(int(np.prod(POOL5_SHAPE)), 4096), fc7=(4096, 4096), predictions=(4096, classes))
+    shapes.update(fc6=(int(np.prod(POOL5_SHAPE)), FC_UNITS), fc7=(FC_UNITS, FC_UNITS), predictions=(FC_UNITS, classes))
     return shapes
 
 
@@ -184,7 +184,7 @@ def _convert(raw: dict[str, np.ndarray], keys: dict[str, str], sep: str, where: 
             kernel = _fc6_from_chw(weight) if weight.shape == expected["fc6"][::-1] else weight
         else:
             kernel = weight.T
-        want = expected[name] if name != "predictions" else (4096, kernel.shape[-1])
+        want = expected[name] if name != "predictions" else (FC_UNITS, kernel.shape[-1])
         if kernel.shape != want or bias.shape != (want[-1],):
             raise WeightsError(
                 f"{where}: {keys[name]} has shape {weight.shape}, which does not fit the "
@@ -253,8 +253,14 @@ def read_h5(path: str | Path) -> Weights:
     missing = [name for name in CONV_LAYERS if name not in tensors]
     if missing:
         raise WeightsError(f"{path}: missing layers {', '.join(missing)}")
-    source = info.get("source", str(path))
-    return Weights(info["arch"], tensors, source if source in ("imagenet",) else str(path), info["source_sha256"])
+    fields = info if isinstance(info, dict) else {}
+    arch, sha256, source = fields.get("arch"), fields.get("source_sha256"), fields.get("source", str(path))
+    if arch not in ARCHS or not isinstance(sha256, str) or not isinstance(source, str):
+        raise WeightsError(
+            f"{path}: its 'alexfeat' attribute lacks a valid arch ({', '.join(ARCHS)}) and source_sha256, so it was "
+            "not written by alexfeat or was edited; convert the original weights again with `alexfeat weights convert`"
+        )
+    return Weights(arch, tensors, source if source in ("imagenet",) else str(path), sha256)
 
 
 def _imagenet() -> Weights:

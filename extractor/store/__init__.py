@@ -1,8 +1,10 @@
 """The Parquet embeddings dataset: metadata, layout, lock, reader and writer.
 
-The names below are the store's public API; each lives in the module named after its job.
+The names below are the store's public API; each lives in the module named after its job (``EmbeddingMeta``,
+the settings a dataset records, is :class:`extractor.network.spec.EmbeddingMeta`).
 """
 
+from extractor.network.spec import COMPAT_FIELDS, FORMAT_VERSION, EmbeddingMeta
 from extractor.store.layout import (
     COLUMNS,
     DEFAULT_COLUMNS,
@@ -16,7 +18,7 @@ from extractor.store.layout import (
     part_name,
 )
 from extractor.store.lock import dataset_lock
-from extractor.store.meta import COMPAT_FIELDS, FORMAT_VERSION, META_KEY, EmbeddingMeta, path_id, path_ids
+from extractor.store.meta import META_KEY, path_id, path_ids
 from extractor.store.reader import Dataset, load_dataset, read_errors, read_meta
 from extractor.store.table import errors_table, to_table, write_errors
 from extractor.store.writer import DatasetWriter, open_for_writing

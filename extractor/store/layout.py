@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from extractor.store.meta import META_KEY, EmbeddingMeta
+from extractor.network.spec import EmbeddingMeta
+from extractor.store.meta import META_KEY, encode_meta
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def arrow_schema(meta: EmbeddingMeta) -> pa.Schema:
             pa.field("height", pa.int32(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False),
         ],
-        metadata={META_KEY: meta.to_json().encode("utf-8")},
+        metadata={META_KEY: encode_meta(meta)},
     )
 
 

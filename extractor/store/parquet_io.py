@@ -1,4 +1,9 @@
-"""Atomic Parquet writes and reads that turn I/O and format errors into ``DatasetError``."""
+"""Atomic Parquet writes and reads that turn I/O and format errors into ``DatasetError``.
+
+Every page is written with a CRC-32 checksum and verified when read, so bytes changed inside a part (a bad disk,
+a stray write) are found even when the page still decompresses; parts written before checksums are read as they
+are.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> Non
                 compression=compression,
                 use_dictionary=["label"],
                 write_statistics=[c for c in _STATS_COLUMNS if c in table.column_names],
+                write_page_checksum=True,
             )
         fsync_dir(target.parent)
     except OSError as exc:
@@ -48,14 +54,17 @@ def unreadable_error(path: Path, exc: BaseException) -> DatasetError:
             f"{path} disappeared while it was being read (another job is writing the dataset); "
             "try again when it has finished"
         )
-    return DatasetError(
-        f"{path} is not a readable Parquet file; it may be truncated or corrupt ({exc}). "
-        "Delete it to re-embed its images, or embed afresh with --overwrite"
-    )
+    return corrupt_error(path, f"is not a readable Parquet file; it may be truncated or corrupt ({exc})")
+
+
+def corrupt_error(path: Path, reason: str) -> DatasetError:
+    """The error for a damaged part: what is wrong, and that deleting it and embedding again repairs it."""
+    return DatasetError(f"{path} {reason}. Delete it to re-embed its images, or embed afresh with --overwrite")
 
 
 def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
-        return pq.ParquetFile(path).read(columns=list(columns) if columns is not None else None, use_threads=False)
+        file = pq.ParquetFile(path, page_checksum_verification=True)
+        return file.read(columns=list(columns) if columns is not None else None, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise unreadable_error(path, exc) from exc

@@ -15,11 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import COLUMNS, DEFAULT_COLUMNS, ERRORS_NAME, ERRORS_SCHEMA, arrow_schema, list_parts
-from extractor.store.meta import META_KEY, EmbeddingMeta
-from extractor.store.parquet_io import read_parquet, unreadable_error
+from extractor.store.meta import META_KEY, decode_meta
+from extractor.store.parquet_io import corrupt_error, read_parquet, unreadable_error
 
 log = logging.getLogger(__name__)
+
+NORM_TOLERANCE = 1e-3  # on the squared norm: float32 rounding stays far below, a changed byte rarely does
 
 
 @dataclass
@@ -85,7 +88,7 @@ def _open_part(path: Path) -> _Part:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise DatasetError(f"{path} has no alexfeat metadata: it was not written by `alexfeat embed`")
-    meta = EmbeddingMeta.from_json(raw, where=str(path))
+    meta = decode_meta(raw, str(path))
     for expected in arrow_schema(meta):
         index = schema.get_field_index(expected.name)
         if index < 0 or schema.field(index).type != expected.type:
@@ -135,13 +138,24 @@ def _column_list(columns: Iterable[str]) -> list[str]:
 
 
 def _fill_vectors(out: np.ndarray, column: pa.ChunkedArray, where: Path) -> None:
-    """Copy a fixed_size_list<float32> column into the (n, dim) block ``out`` chunk by chunk, without a row loop."""
+    """Copy a fixed_size_list<float32> column into the (n, dim) block ``out`` chunk by chunk, without a row loop,
+    checking that every vector is unit-length (or zero: the embedding of an all-black image may be)."""
     row = 0
     for chunk in column.chunks:
         if chunk.null_count:
             raise DatasetError(f"{where}: the embedding column has null rows")
         n = len(chunk)
-        out[row : row + n] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, out.shape[1])
+        block = out[row : row + n]
+        block[:] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, out.shape[1])
+        squared = np.einsum("ij,ij->i", block, block)
+        bad = ~((np.abs(squared - 1.0) <= NORM_TOLERANCE) | (squared == 0.0))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise corrupt_error(
+                where,
+                f"is corrupt: {int(bad.sum())} of its embeddings are not unit-length (row {row + first}: norm "
+                f"{float(np.sqrt(squared[first])):.6g})",
+            )
         row += n
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import COLUMNS, COMPRESSION, ERRORS_NAME, ERRORS_SCHEMA, ErrorRecord, arrow_schema
-from extractor.store.meta import EmbeddingMeta, path_ids
+from extractor.store.meta import path_ids
 from extractor.store.parquet_io import fsync_dir, write_parquet_atomic
 
 

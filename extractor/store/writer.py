@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from extractor.errors import DatasetError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store.layout import (
     COMPRESSION,
     ERRORS_NAME,
@@ -27,7 +28,7 @@ from extractor.store.layout import (
     part_number,
 )
 from extractor.store.lock import dataset_lock
-from extractor.store.meta import EmbeddingMeta, path_id
+from extractor.store.meta import path_id
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
 from extractor.store.reader import read_errors, read_meta
 from extractor.store.table import to_table, write_errors
@@ -128,7 +129,8 @@ class DatasetWriter:
     # -- public API
 
     def add(self, rows: pa.Table | Mapping[str, Any]) -> None:
-        """Append rows: a Table or a dict of the schema's columns (``id`` optional: it is derived from ``path``).
+        """Append rows: a Table or a dict of the schema's columns. ``id`` is derived from ``path`` here (the one
+        place paths are hashed); a given ``id`` column is checked against it.
 
         ``embedding`` may be an (n, dim) float32 matrix, ``sha256`` a list of 32-byte digests or an (n, 32) uint8
         array. An id already in the dataset is refused: drop the old row first (``drop_ids``).

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from extractor.errors import AlexfeatError
+
 
 def temp_path_for(target: Path) -> Path:
     """The hidden temporary name used while ``target`` is being written (``.NAME.tmp``)."""
@@ -40,6 +42,16 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
 
 
+def check_replaceable(target: str | os.PathLike[str]) -> None:
+    """AlexfeatError when ``target`` cannot be replaced as a whole: it is the current directory or one above it."""
+    here = Path.cwd()
+    if Path(os.path.abspath(target)) in (here, *here.parents):
+        raise AlexfeatError(
+            f"output {os.fspath(target)!r} is the current directory or one above it, which cannot be replaced as a "
+            "whole; name a new directory (e.g. -o out)"
+        )
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging directory (``.NAME.tmp``); on success it replaces ``target`` as a whole.
@@ -49,6 +61,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     import shutil
 
+    check_replaceable(target)
     target = Path(target)
     staging = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")

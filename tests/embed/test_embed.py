@@ -348,3 +348,16 @@ def test_worker_count_does_not_change_the_result(tmp_path, workers):
     ref = load_dataset(reference)
     order = [ref.paths.index(p) for p in data.paths]
     np.testing.assert_allclose(data.vectors, ref.vectors[order], atol=1e-5)
+
+
+def test_no_follow_outside_leaves_out_links_leading_out_of_the_folder(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    make_photo(root / "cats" / "own.jpg", (64, 48), seed=1)
+    make_photo(outside / "secret.jpg", (64, 48), seed=2)
+    os.symlink(outside, root / "cats" / "escape")
+    code, output = embed(str(root), "-o", str(tmp_path / "kept"), "--no-follow-outside", "--workers", "0", *RANDOM)
+    assert code == 0, output
+    assert load_dataset(tmp_path / "kept", embeddings=False).paths == ["cats/own.jpg"]
+    code, output = embed(str(root), "-o", str(tmp_path / "all"), "--workers", "0", *RANDOM)  # the default follows
+    assert code == 0, output
+    assert sorted(load_dataset(tmp_path / "all", embeddings=False).paths) == ["cats/escape/secret.jpg", "cats/own.jpg"]

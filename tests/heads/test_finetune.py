@@ -200,3 +200,17 @@ def test_finetuning_that_only_hurts_keeps_the_starting_model(tuned, tmp_path):
     after = conv_kernels(read_classifier_dir(tmp_path / "wrecked").load_model())
     for name in CONV_LAYERS:
         np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_python_predict_on_a_finetuned_directory_warns_that_weights_are_ignored(tuned):
+    from extractor import PredictError, Prediction, predict_files
+
+    told: list[str] = []
+    results = list(
+        predict_files(
+            tuned["tuned"], folder=tuned["images"] / "discs", weights="random", progress=False, warn=told.append
+        )
+    )
+    assert told == ["--weights is ignored: a fine-tuned model holds its own weights"]
+    assert results and all(isinstance(r, Prediction | PredictError) for r in results)
+    assert [r.path for r in results] == sorted(str(p) for p in (tuned["images"] / "discs").iterdir())

@@ -14,6 +14,7 @@ from extractor.cli import main
 from extractor.errors import AlexfeatError
 from extractor.heads.metrics import classification_report
 from extractor.heads.train import TrainConfig, encode_labels, stratified_split
+from extractor.network.spec import EmbeddingMeta
 from extractor.store import load_dataset
 from tests.headdata import CLASSES, class_image, embed_tree, make_class_tree
 
@@ -63,7 +64,7 @@ def test_train_writes_a_head_that_classifies_new_images(data, tmp_path, head):
     assert matrix.shape == (3, 3) and matrix.sum() == metrics["val_count"] == 6
     assert set(metrics["per_class"]) == set(CLASSES)
     assert all(set(v) == {"precision", "recall", "f1", "support"} for v in metrics["per_class"].values())
-    assert metrics["embedding_metadata"] == json.loads(load_dataset(data["emb"], embeddings=False).meta.to_json())
+    assert EmbeddingMeta.from_dict(metrics["embedding_metadata"]) == load_dataset(data["emb"], embeddings=False).meta
     # Stated accuracy on images the head never saw (chance is 1/3).
     assert held_out_accuracy(out, data["held_emb"]) >= 0.9
 
@@ -215,3 +216,19 @@ def test_a_validation_split_too_small_to_hold_anything_is_a_clear_error():
     vectors = np.eye(4, 8, dtype=np.float32)
     with pytest.raises(AlexfeatError, match="leaves no validation rows"):
         train_head(vectors, ["a/1", "a/2", "b/1", "b/2"], ["a", "a", "b", "b"], TrainConfig(val_fraction=0.1))
+
+
+def test_train_head_dir_is_the_python_form_of_train(data, tmp_path, caplog):
+    from extractor import train_head_dir
+
+    told: list[str] = []
+    result = train_head_dir(data["emb"], tmp_path / "head", kind="linear", seed=3, progress=False, warn=told.append)
+    assert told == ["1 of 31 rows have no label in 'label' and are left out"]
+    assert result.path == tmp_path / "head" and result.classes == ["Stripes", "checks", "discs"]
+    assert not result.finetuned and result.val_accuracy == result.metrics["val_accuracy"] >= 0.8
+    assert json.loads((tmp_path / "head" / "metrics.json").read_text())["seed"] == 3
+    # Without a callback the warning goes to the log; a bad setting is refused before anything is read.
+    train_head_dir(data["emb"], tmp_path / "head2", kind="linear", epochs=1, val_fraction=0, progress=False)
+    assert "1 of 31 rows have no label" in caplog.text
+    with pytest.raises(AlexfeatError, match="unknown head 'tree'"):
+        train_head_dir(tmp_path / "nowhere", tmp_path / "head3", kind="tree")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from extractor.cli import main
 from extractor.images.decode import ResizeSpec, decode_image
 from extractor.store import load_dataset
+from tests.format1 import format1_record
 from tests.headdata import embed_tree, make_class_tree
 from tests.imagefiles import make_corrupt_png, make_text_file
 
@@ -100,6 +102,24 @@ def test_embeddings_from_another_model_are_refused(trained, tmp_path):
     assert "was made with another model than the head" in err and "pooling: avg != max" in err
 
 
+def test_a_head_written_by_format_1_still_predicts(trained, tmp_path):
+    old = tmp_path / "old_head"
+    shutil.copytree(trained["head"], old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    meta = load_dataset(trained["emb"], embeddings=False).meta
+    (old / "metrics.json").write_text(json.dumps({**metrics, "embedding_metadata": format1_record(meta)}, indent=1))
+
+    def predictions(head: Path) -> tuple[str, str]:
+        """What predict says on the stored embeddings, and on an image file (the extractor rebuilt from metadata)."""
+        code, stored, err = run("predict", head, "--embeddings", trained["emb"], "--json", "--top", "1")
+        assert code == 0, err
+        code, image, err = run("predict", head, trained["held"][0], "--json", "--no-progress")
+        assert code == 0, err
+        return stored, image
+
+    assert predictions(old) == predictions(trained["head"])
+
+
 EXPORT_CHECK = r"""
 import json, sys
 import numpy as np
@@ -151,7 +171,9 @@ def check_exports_match_predict(head: Path, files: list[Path], tmp_path: Path, i
         "extractor.errors",
         "extractor.network",
         "extractor.network.archs",
+        "extractor.network.layers",
         "extractor.network.model",
+        "extractor.network.poolings",
     ]
     np.testing.assert_allclose(result["keras"], expected, atol=1e-5)
     np.testing.assert_allclose(result["savedmodel"], expected, atol=1e-5)

@@ -176,3 +176,30 @@ def test_root_that_is_a_file_is_an_error(tmp_path: Path) -> None:
 )
 def test_label_is_the_first_folder_under_the_root(rel: str, label: str | None) -> None:
     assert label_of(rel) == label
+
+
+def test_links_leaving_the_folder_are_skipped_when_not_to_be_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    photo = files.make_photo(outside / "p.jpg", (64, 48))
+    root = tmp_path / "root"
+    _touch(root, "own.jpg", "sub/in.jpg")
+    os.symlink(outside, root / "linked")  # a folder outside
+    os.symlink(photo, root / "link.jpg")  # a file outside
+    os.symlink("sub", root / "inner")  # a folder inside: always followed (sub/ is then listed under inner/)
+    os.symlink("../own.jpg", root / "sub" / "again.jpg")  # a file inside
+    assert _paths(root) == ["inner/again.jpg", "inner/in.jpg", "link.jpg", "linked/p.jpg", "own.jpg"]
+    kept = [e.path for e in discover(root, follow_outside=False)]
+    assert kept == ["inner/again.jpg", "inner/in.jpg", "own.jpg"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and /dev/zero are POSIX things")
+def test_links_to_special_files_and_link_loops_never_hang(tmp_path: Path) -> None:
+    _touch(tmp_path, "ok.jpg")
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "pipe", tmp_path / "fifo.jpg")  # opening a FIFO would block forever
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")  # reading it would never end
+    os.symlink("self.jpg", tmp_path / "self.jpg")
+    os.symlink("b.jpg", tmp_path / "a.jpg")
+    os.symlink("a.jpg", tmp_path / "b.jpg")
+    for follow in (True, False):
+        assert [e.path for e in discover(tmp_path, follow_outside=follow)] == ["ok.jpg"]

@@ -128,6 +128,22 @@ def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Pa
     assert page.read_text().count('class="missing"') == 2  # the query and its own first hit
 
 
+def test_search_html_of_embeddings_written_without_a_root_needs_images_root(
+    collection: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A dataset written from Python with an extractor's settings alone (``root`` None) records no images folder."""
+    root, emb, _ = collection
+    data = load_dataset(emb)
+    write_dataset(tmp_path / "emb", data.paths, data.vectors, meta=make_meta(DIM, root=None))
+    assert run("index", "build", tmp_path / "emb", "-o", tmp_path / "idx", "--no-progress")[0] == 0
+    page = tmp_path / "results.html"
+    code, output = run("search", tmp_path / "idx", "--id", data.ids[1], "--html", page)
+    assert code == 1 and "Error: the index records no images folder" in output and "--images-root" in output
+    code, output = run("search", tmp_path / "idx", "--id", data.ids[1], "--html", page, "--images-root", root)
+    assert code == 0, output
+    assert 'class="missing"' not in page.read_text()
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [
@@ -147,7 +163,7 @@ def test_search_on_a_truncated_index_is_an_error_not_a_traceback(
     collection: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     broken = tmp_path / "idx"
-    shutil.copytree(collection[2], broken)
+    shutil.copytree(collection[2], broken, symlinks=True)
     data = (broken / "index.faiss").read_bytes()
     (broken / "index.faiss").write_bytes(data[:100])
     code, output = run("search", broken, "--id", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -12,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from extractor.errors import AlexfeatError
+from extractor.network.spec import EmbeddingMeta
 from extractor.store import DatasetWriter, load_dataset
 from index.build import build_index_dir
 from index.indexdir import REQUIRED_KEYS
 from index.search import Searcher
+from index.update import add_to_index
+from tests.format1 import format1_record
 from tests.index_data import clustered, paths_for, write_dataset
 from tests.storedata import make_meta
 
@@ -43,7 +47,20 @@ def test_index_json_has_the_design_keys_first(flat_index: Path, dataset: Path) -
     assert info["dim"] == 32 and info["count"] == N
     assert info["recall_at_10"] == 1.0 and info["search_params"] == {}
     assert info["build_seconds"] > 0
-    assert info["embedding_metadata"] == json.loads(load_dataset(dataset, embeddings=False).meta.to_json())
+    assert EmbeddingMeta.from_dict(info["embedding_metadata"]) == load_dataset(dataset, embeddings=False).meta
+
+
+def test_an_index_written_by_format_1_opens_and_takes_new_rows(flat_index: Path, dataset: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(flat_index, old)
+    meta = load_dataset(dataset, embeddings=False).meta
+    info = json.loads((old / "index.json").read_text())
+    (old / "index.json").write_text(json.dumps({**info, "embedding_metadata": format1_record(meta)}, indent=2))
+    assert Searcher(old).dir.meta == replace(meta, package_version="0.1.0")
+    more = tmp_path / "emb"
+    shutil.copytree(dataset, more)
+    write_dataset(more, paths_for(10, start=N), clustered(10, seed=9))
+    assert add_to_index(old, more).added == 10  # the compatibility check compares the settings, not the versions
 
 
 def test_index_faiss_opens_with_plain_faiss_and_is_keyed_by_the_parquet_ids(flat_index: Path, dataset: Path) -> None:
@@ -123,7 +140,7 @@ def test_query_of_another_dimension_is_a_clear_error(flat_index: Path) -> None:
 
 def test_index_of_another_dimension_than_its_json_is_refused(flat_index: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(flat_index, broken)
+    shutil.copytree(flat_index, broken, symlinks=True)  # the links stay links
     faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(64)), str(broken / "index.faiss"))
     info = json.loads((broken / "index.json").read_text())
     info["files"]["index.faiss"] = (broken / "index.faiss").stat().st_size  # a consistent-looking but foreign file
@@ -134,7 +151,7 @@ def test_index_of_another_dimension_than_its_json_is_refused(flat_index: Path, t
 
 def test_truncated_index_file_is_a_clear_error(flat_index: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(flat_index, broken)
+    shutil.copytree(flat_index, broken, symlinks=True)  # the links stay links
     data = (broken / "index.faiss").read_bytes()
     (broken / "index.faiss").write_bytes(data[: len(data) // 2])
     with pytest.raises(AlexfeatError, match="index.faiss is .* bytes but index.json recorded .*cut short"):
@@ -151,8 +168,11 @@ def test_truncated_index_file_is_a_clear_error(flat_index: Path, tmp_path: Path)
 )
 def test_missing_files_are_clear_errors(flat_index: Path, tmp_path: Path, victim: str, message: str) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(flat_index, broken)
+    shutil.copytree(flat_index, broken, symlinks=True)  # the links stay links
+    generation = json.loads((broken / "index.json").read_text())["generation"]
     (broken / victim).unlink()
+    if victim != "index.json":
+        (broken / generation / victim).unlink()  # the file itself, not only its link
     with pytest.raises(AlexfeatError, match=message):
         Searcher(broken)
 
@@ -184,10 +204,13 @@ def test_rebuilding_over_an_index_replaces_it(dataset: Path, tmp_path: Path) -> 
     info = json.loads((out / "index.json").read_text())
     assert info["factory"] == "IVF8,Flat" and info["removal"] == "native"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "gen-000002",  # the first build's generation is gone
         "ids.parquet",
         "index.faiss",
         "index.json",
     ]
+    assert sorted(p.name for p in (out / "gen-000002").iterdir()) == ["ids.parquet", "index.faiss"]
+    assert (out / "index.faiss").resolve() == (out / "gen-000002" / "index.faiss").resolve()
 
 
 def test_an_ivf_requested_on_too_few_vectors_is_a_clear_error(tmp_path: Path) -> None:
@@ -195,3 +218,12 @@ def test_an_ivf_requested_on_too_few_vectors_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(AlexfeatError, match="needs at least 256 vectors to train its IVF quantiser"):
         build_index_dir(tmp_path / "emb", tmp_path / "idx", factory="IVF256,Flat")
     assert not (tmp_path / "idx" / "index.json").exists()
+
+
+def test_a_folder_named_like_a_generation_but_not_one_is_never_deleted(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "gen-000001").mkdir(parents=True)
+    (out / "gen-000001" / "notes.txt").write_text("precious")
+    with pytest.raises(AlexfeatError, match="not empty and holds no alexfeat index"):
+        build_index_dir(dataset, out)
+    assert (out / "gen-000001" / "notes.txt").read_text() == "precious"

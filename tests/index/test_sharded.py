@@ -30,7 +30,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     vectors = clustered(N, seed=3)
     ids = write_dataset(root / "emb", paths_for(N), vectors, rows_per_part=500)
-    one = build_index_dir(root / "emb", root / "one", FACTORY)
+    one = build_index_dir(root / "emb", root / "one", FACTORY).info
     code, output = run("index", "build", root / "emb", "-o", root / "sharded", "--factory", FACTORY, "--shards", 3)
     assert code == 0, output
     assert "in 3 shards merged on disk" in output
@@ -83,7 +83,7 @@ def test_sharded_index_refuses_add_and_masks_removals(built, tmp_path):
 
 def test_shards_below_the_ivf_threshold_and_with_exact_factories(built, tmp_path):
     root, _, _, _ = built
-    info = build_sharded_index_dir(root / "emb", tmp_path / "auto", 4)  # 3,000 vectors: auto is exact
+    info = build_sharded_index_dir(root / "emb", tmp_path / "auto", 4).info  # 3,000 vectors: auto is exact
     assert info["factory"] == "IDMap2,Flat" and info.get("storage") is None
     assert not (tmp_path / "auto" / IVFDATA_FILE).exists()
     code, output = run("index", "build", root / "emb", "-o", tmp_path / "hnsw", "--factory", "HNSW16", "--shards", 2)
@@ -94,7 +94,7 @@ def test_shards_below_the_ivf_threshold_and_with_exact_factories(built, tmp_path
 
 def test_sharded_build_on_ray_gives_the_same_index(built, ray_instance, tmp_path):
     root, vectors, _, _ = built
-    info = build_sharded_index_dir(root / "emb", tmp_path / "ray", 2, FACTORY, engine="ray")
+    info = build_sharded_index_dir(root / "emb", tmp_path / "ray", 2, FACTORY, engine="ray").info
     assert info["engine"] == "ray" and info["shards"] == 2
     queries = vectors[::101]
     a = Searcher(root / "sharded").search_vectors(queries, 10)

@@ -124,12 +124,12 @@ def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) 
 def test_remove_with_an_unknown_id_or_path_changes_nothing(base: Path, tmp_path: Path) -> None:
     build_index_dir(base, tmp_path / "idx")
     known = int(load_dataset(base, embeddings=False).ids[0])
-    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()}
     with pytest.raises(AlexfeatError, match="id 42 not in the index"):
         remove_from_index(tmp_path / "idx", ids=[known, 42])
     with pytest.raises(AlexfeatError, match="path 'cat/missing.jpg' not in the index"):
         remove_from_index(tmp_path / "idx", paths=["cat/missing.jpg"])
-    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()} == before
 
 
 def test_masked_index_cannot_replace_rows_from_a_dataset_lacking_some_of_its_items(base: Path, tmp_path: Path) -> None:

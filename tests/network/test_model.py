@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from extractor.errors import WeightsError
 from extractor.network.model import AlexNet, preprocess_input
+from extractor.network.poolings import POOLINGS
 
 
 def assert_close(actual: np.ndarray, golden: np.ndarray) -> None:
@@ -68,12 +70,13 @@ def test_preprocess_input_follows_each_training_recipe():
 def test_shapes_poolings_and_arch_defaults():
     model = AlexNet(weights="random")  # random alone means torchvision
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 256)
-    assert AlexNet(arch="caffe", weights="random", pooling="max").output_shape == (None, 256)
+    for name, pooling in POOLINGS.items():  # every pooling that embed offers, by name
+        assert AlexNet(arch="caffe", weights="random", pooling=name).output_shape == (None, pooling.dim)
     assert AlexNet(arch="caffe", weights="random", pooling=None).output_shape == (None, 6, 6, 256)
     assert AlexNet(weights="random", include_top=True, classes=7).output_shape == (None, 7)
     bigger = AlexNet(weights="random", pooling=None, input_shape=(320, 320, 3))
     assert bigger.output_shape == (None, 9, 9, 256)
-    with pytest.raises(ValueError, match="pooling"):
+    with pytest.raises(ValueError, match="pooling must be None or one of avg, max, gem, flatten, got 'sum'"):
         AlexNet(weights="random", pooling="sum")
 
 
@@ -114,3 +117,20 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_a_model_saved_by_alexfeat_0_1_0_loads(tmp_path):
+    """Preprocess -> ReLU -> LRN -> GeM on 8 x 8 uint8 images, saved when the custom layers lived in
+    extractor.network.model (data/custom_layers_0.1.0.*): Keras finds them by their registered names."""
+    import keras
+
+    data = Path(__file__).parent / "data"
+    model = keras.models.load_model(data / "custom_layers_0.1.0.keras")
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(model.predict(images, verbose=0), np.load(data / "custom_layers_0.1.0.npy"))
+    assert [type(layer).__name__ for layer in model.layers[1:]] == [
+        "Preprocess",
+        "ReLU",
+        "LocalResponseNormalization",
+        "GeneralizedMeanPooling",
+    ]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from extractor.store import (
     read_errors,
     read_meta,
 )
+from tests.format1 import format1_json, format1_record
 from tests.storedata import DIM, make_meta, make_rows, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +75,7 @@ def test_arrow_schema_has_exactly_the_design_columns_and_metadata() -> None:
         "fixed_size_list<item: float>[256]",
     ]
     assert [f.name for f in schema if f.nullable] == ["label"]
-    assert EmbeddingMeta.from_json(schema.metadata[b"alexfeat"]) == make_meta(dim=256)
+    assert EmbeddingMeta.from_dict(json.loads(schema.metadata[b"alexfeat"])) == make_meta(dim=256)
 
 
 def test_meta_differences_name_only_the_compatibility_fields() -> None:
@@ -87,18 +90,51 @@ def test_meta_differences_name_only_the_compatibility_fields() -> None:
     assert set(COMPAT_FIELDS) == {"arch", "weights_sha256", "layer", "pooling", "input_size", "resize", "dim"}
 
 
-def test_meta_json_from_a_newer_format_or_with_missing_fields_is_refused() -> None:
-    data = json.loads(make_meta().to_json())
+def test_meta_from_a_newer_format_or_with_missing_fields_is_refused(tmp_path: Path) -> None:
+    data = make_meta().to_dict()
+    assert EmbeddingMeta.from_dict(data) == make_meta()
     with pytest.raises(DatasetError, match="newer alexfeat"):
-        EmbeddingMeta.from_json(json.dumps({**data, "format_version": 99}))
+        EmbeddingMeta.from_dict({**data, "format_version": 99})
+    with pytest.raises(DatasetError, match="^where: alexfeat metadata is invalid"):
+        EmbeddingMeta.from_dict({**data, "dim": "8"}, where="where")
     del data["dim"]
     with pytest.raises(DatasetError, match="lacks dim"):
-        EmbeddingMeta.from_json(json.dumps(data))
-    with pytest.raises(DatasetError, match="not valid JSON"):
-        EmbeddingMeta.from_json("{")
+        EmbeddingMeta.from_dict(data)
+    # The same errors reach a reader of a part whose metadata is broken, naming the file.
+    write_dataset(tmp_path / "emb", PATHS[:1])
+    part = list_parts(tmp_path / "emb")[0]
+    table = pq.read_table(part)
+    for raw, message in ((b"{", "is not valid JSON"), (json.dumps(data).encode(), "lacks dim")):
+        pq.write_table(table.replace_schema_metadata({b"alexfeat": raw}), part)
+        with pytest.raises(DatasetError, match=f"^{re.escape(str(part))}: alexfeat metadata {message}"):
+            load_dataset(tmp_path / "emb")
 
 
-# ------------------------------------------------------------------------------------------------ round trip
+def test_a_field_added_later_is_one_line_with_a_default_for_older_files() -> None:
+    @dataclass(frozen=True)
+    class WithPrecision(EmbeddingMeta):
+        precision: str = "float32"
+
+    old = format1_record(make_meta())
+    meta = WithPrecision.from_dict(old)
+    assert meta.precision == "float32" and EmbeddingMeta.from_dict(old) == make_meta(package_version="0.1.0")
+    assert "precision" in WithPrecision.compat_fields() and "precision" not in COMPAT_FIELDS
+    assert meta.differences(replace(meta, precision="float16")) == ["precision: float32 != float16"]
+    assert WithPrecision.from_dict(replace(meta, precision="float16").to_dict()).precision == "float16"
+
+
+def test_a_dataset_written_by_format_1_loads_and_takes_new_rows(tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    write_dataset(out, PATHS[:3])
+    part = list_parts(out)[0]
+    old_meta = format1_json(make_meta())
+    pq.write_table(pq.read_table(part).replace_schema_metadata({b"alexfeat": old_meta}), part)  # as 0.1.0 wrote it
+    assert read_meta(out) == make_meta(package_version="0.1.0")
+    with open_for_writing(out, make_meta()) as writer:  # the same settings: compatible, whatever the version
+        writer.add(make_rows(PATHS[3:5]))
+    data = load_dataset(out, expect=make_meta())
+    assert sorted(data.paths) == sorted(PATHS[:5]) and len(list_parts(out)) == 2
+    assert pq.read_schema(part).metadata[b"alexfeat"] == old_meta  # the old part was left as it was
 
 
 def test_round_trip_keeps_every_column_exactly(tmp_path: Path) -> None:
@@ -558,3 +594,38 @@ def test_wide_embeddings_get_smaller_parts_and_load_as_one_matrix(tmp_path: Path
     assert len(list_parts(out)) == 3 and data.vectors.shape == (40, 4096) and data.vectors.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(data.vectors, rows["embedding"])
     assert data.meta.pooling is None
+
+
+# ----------------------------------------------------------------------------------- silent corruption of a part
+
+
+def _flip_byte_in_embeddings(part: Path) -> None:
+    """XOR one byte in the middle of the embedding column's compressed pages; the footer stays intact."""
+    chunk = pq.read_metadata(part).row_group(0).column(COLUMNS.index("embedding"))
+    where = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data = bytearray(part.read_bytes())
+    data[where] ^= 0x01
+    part.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_inside_a_data_page_is_caught_by_its_checksum(tmp_path: Path) -> None:
+    from index.build import build_index_dir
+
+    out = tmp_path / "emb"
+    write_dataset(out, [f"c/{i}.jpg" for i in range(300)])
+    part = out / "part-00000.parquet"
+    _flip_byte_in_embeddings(part)
+    silent = pq.ParquetFile(part).read()  # without verification the page still decodes: the damage is silent
+    assert silent.num_rows == 300
+    for read in (load_dataset, lambda d: build_index_dir(d, tmp_path / "idx")):
+        with pytest.raises(DatasetError, match=r"part-00000.parquet is not a readable Parquet file.*CRC.*Delete it"):
+            read(out)
+
+
+def test_vectors_that_are_not_unit_length_are_a_clear_error(tmp_path: Path) -> None:
+    rows = make_rows(PATHS)
+    rows["embedding"][2] *= 1.5  # type: ignore[index]
+    with open_for_writing(tmp_path / "emb", make_meta()) as writer:
+        writer.add(rows)
+    with pytest.raises(DatasetError, match=r"part-00000.parquet is corrupt: 1 of its embeddings are not unit-length"):
+        load_dataset(tmp_path / "emb")

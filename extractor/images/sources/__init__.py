@@ -60,11 +60,15 @@ __all__ = [
 
 
 def open_source(
-    spec: str | os.PathLike[str] | None = None, from_list: str | None = None, root: str | None = None
+    spec: str | os.PathLike[str] | None = None,
+    from_list: str | None = None,
+    root: str | None = None,
+    follow_outside: bool = True,
 ) -> Source:
     """The source an embed input names: ``from_list`` (a manifest; relative paths under ``root``), tar shards (a
     ``.tar`` path, URL or pattern such as ``shards/{00000..00099}.tar``, or a folder of ``.tar`` files), an
-    object-store prefix (``s3://bucket/prefix``) or a folder. Raises AlexfeatError when it does not exist."""
+    object-store prefix (``s3://bucket/prefix``) or a folder (``follow_outside``: see ``FolderSource``). Raises
+    AlexfeatError when it does not exist."""
     if from_list is not None:
         if spec is not None:
             raise AlexfeatError("give either an input (folder, URL or shards) or --from-list, not both")
@@ -78,7 +82,7 @@ def open_source(
         return TarShardSource(text)
     if is_url(text):
         return ObjectStoreSource(text)
-    return FolderSource(text)
+    return FolderSource(text, follow_outside)
 
 
 def read_stored(root: str, keys: Sequence[str]) -> list[bytes | OSError]:

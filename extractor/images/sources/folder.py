@@ -12,13 +12,15 @@ from extractor.images.sources.base import OnError
 
 @dataclass(frozen=True)
 class FolderSource:
-    """Every image under ``root`` (recursive, sorted, hidden entries skipped; label: the first folder)."""
+    """Every image under ``root`` (recursive, sorted, hidden entries skipped; label: the first folder);
+    ``follow_outside``: follow symbolic links whose target lies outside ``root``."""
 
     root: str
+    follow_outside: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", os.path.abspath(self.root))
         discover(self.root)  # a missing or unreadable folder fails here, before any work
 
     def list(self, on_error: OnError | None = None) -> Iterator[FileEntry]:
-        return discover(self.root, on_error)
+        return discover(self.root, on_error, self.follow_outside)
