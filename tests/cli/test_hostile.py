@@ -52,7 +52,7 @@ def _head(directory: Path, classes: list[str], dim: int) -> Path:
     model = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(3, activation="softmax")])
     model.save(directory / "head.keras")
     (directory / "classes.json").write_text(json.dumps(classes))
-    (directory / "metrics.json").write_text(json.dumps({"embedding_metadata": json.loads(make_meta(32).to_json())}))
+    (directory / "metrics.json").write_text(json.dumps({"embedding_metadata": make_meta(32).to_dict()}))
     return directory
 
 
