@@ -179,6 +179,11 @@ def _print_table(results: list[Any], out: Any) -> None:
     "--queries", "queries_dir", type=click.Path(file_okay=False, exists=True), help="Folder of query images (a batch)."
 )
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
+@click.option(
+    "--exclude-self",
+    is_flag=True,
+    help="Leave each query's own item out of its results (an --id/--path item, or an --image file that is indexed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
 @click.option(
@@ -200,28 +205,22 @@ def search(
     paths: tuple[str, ...],
     queries_dir: str | None,
     k: int,
+    exclude_self: bool,
     as_json: bool,
     html_file: str | None,
     weights: str | None,
     images_root: str | None,
 ) -> None:
-    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths."""
-    kinds = [
-        name
-        for name, given in (("--image", images), ("--id", ids), ("--path", paths), ("--queries", queries_dir))
-        if given
-    ]
-    if len(kinds) != 1:
-        raise click.UsageError(
-            "give one kind of query: --image, --id, --path or --queries"
-            + (f" (got {', '.join(kinds)})" if kinds else "")
-        )
+    """Nearest neighbours in INDEX_DIR of images, indexed ids or indexed paths (any mix, answered in that order:
+    ids, paths, images, then the --queries folder)."""
+    if not (images or ids or paths or queries_dir):
+        raise click.UsageError("give at least one query: --image, --id, --path or --queries")
     from index.search import Searcher
     from index.search import images_root as find_images_root
 
     searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    found = searcher.search(images, ids, paths, queries_dir, k)
+    found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
     for path, kind, message in found.errors:
         click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
     results = found.results
@@ -237,12 +236,7 @@ def search(
 
         thumbs = write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
         click.echo(f"wrote {html_file}: queries {len(results)}, neighbours {k} each", err=as_json)
-        if thumbs.missing:
-            click.echo(
-                f"{thumbs.missing} of {len(thumbs.uris)} images could not be read from {root} (shown as "
-                f"placeholders; first: {thumbs.first_error}); --images-root names another copy",
-                err=True,
-            )
+        _unavailable_note(thumbs, root)
 
 
 # ----------------------------------------------------------------------------------------------------- dedup
@@ -252,25 +246,70 @@ def search(
 @click.argument("emb_dir", type=_DIR)
 @click.option(
     "--threshold",
-    default=0.95,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1, min_open=True),
-    help="Cosine similarity at or above which two images are near-duplicates.",
+    help="Score at or above which two images are copies: the verified score (default 0.96), or with --no-verify "
+    "the embedding cosine (default 0.95).",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check candidate pairs on the images (copies, not lookalikes); --no-verify groups by embeddings alone "
+    "(no images needed, but different photos of one thing are grouped too).",
+)
+@click.option(
+    "--images-root",
+    default=None,
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the embedded images, when not where the embeddings recorded it.",
 )
 @click.option(
     "-o",
     "--output",
     "out",
     type=click.Path(dir_okay=False),
-    help="Write the groups here: .json (list of groups of {id, path}) or .csv (group, id, path).",
+    help="Write the groups here: .json (list of groups of {id, path, score}) or .csv (group, id, path, score); "
+    "score: to the group's first member.",
 )
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page of the groups.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def dedup(emb_dir: str, threshold: float, out: str | None, progress: bool | None) -> None:
-    """Find groups of near-duplicate images in the embeddings dataset EMB_DIR, largest first."""
+def dedup(
+    emb_dir: str,
+    threshold: float | None,
+    verify: bool,
+    images_root: str | None,
+    out: str | None,
+    html_file: str | None,
+    progress: bool | None,
+) -> None:
+    """Find groups of near-duplicate images (copies: crops, resizes, re-encodes, brightness changes) in the
+    embeddings dataset EMB_DIR, largest first."""
     from index.dedup import dedup_dataset, group_lines
 
-    report = dedup_dataset(emb_dir, threshold, progress, out)
+    report = dedup_dataset(emb_dir, threshold, progress, out, verify=verify, images_root=images_root)
+    for path, why in sorted(report.unreadable.items()):
+        click.echo(f"warning: cannot verify {text_cell(path)}: {text_cell(why)}", err=True)
     if out is None:
         for line in group_lines(report):
             click.echo(line)
+    if html_file:
+        from extractor.store import read_meta
+        from index.html import write_groups_page
+        from index.verify import images_root as find_images_root
+
+        root = find_images_root(read_meta(emb_dir).root, images_root)
+        thumbs = write_groups_page(report.groups, root, html_file, title=f"alexfeat dedup: {emb_dir}")
+        click.echo(f"wrote {html_file}: {len(report.groups)} groups")
+        _unavailable_note(thumbs, root)
     click.echo(report.summary(out))
+
+
+def _unavailable_note(thumbs: Any, root: str) -> None:
+    """Say (on stderr) how many images of a page could not be read now, and why the first could not."""
+    if thumbs.missing:
+        click.echo(
+            f"{thumbs.missing} of {len(thumbs.uris)} images could not be read from {root} (shown as placeholders; "
+            f"first: {text_cell(thumbs.first_error)}); --images-root names another copy",
+            err=True,
+        )

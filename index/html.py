@@ -1,4 +1,5 @@
-"""The search results page: one self-contained HTML file, each query beside its neighbours with their scores.
+"""The results pages: one self-contained HTML file, each search query beside its neighbours with their scores, or
+each group of near-duplicates with each member's score to the group's first.
 
 Thumbnails are inline base64 JPEGs, so the page can be mailed or archived. The indexed images are read through
 the dataset's source (``extractor.images.sources.read_stored``: a folder, tar shards, an object store, all the
@@ -20,6 +21,7 @@ from pathlib import Path
 from extractor.errors import AlexfeatError
 from extractor.images.sources import read_stored
 from extractor.util.atomic import write_text_atomic
+from index.dedup import Member
 from index.search import Hit, QueryResult
 
 log = logging.getLogger(__name__)
@@ -126,22 +128,60 @@ def render_page(
             f'<section><h2>{html.escape(_query_title(result))}</h2><div class="row">{"".join(figures)}</div></section>'
         )
     unavailable = f"; {thumbs.missing} images not available there now" if thumbs.missing else ""
-    page = (
+    meta = f"queries: {len(results)}; score = cosine similarity; images from {html.escape(images_root)}{unavailable}"
+    return _document(title, meta, sections), thumbs
+
+
+def _document(title: str, meta: str, sections: list[str]) -> str:
+    """The page around ``sections``; ``title`` is escaped here, ``meta`` and ``sections`` must be HTML already."""
+    return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f'<p class="meta">queries: {len(results)}; score = cosine similarity; images from '
-        f"{html.escape(images_root)}{unavailable}</p>{''.join(sections)}</body></html>\n"
+        f'<p class="meta">{meta}</p>{"".join(sections)}</body></html>\n'
     )
-    return page, thumbs
+
+
+def render_groups_page(
+    groups: Sequence[Sequence[Member]], images_root: str, title: str = "alexfeat dedup"
+) -> tuple[str, Thumbnails]:
+    """The HTML page of near-duplicate groups (each group's first member, then the others with their scores) and
+    its thumbnails, read from ``images_root`` (the dataset's recorded root, a folder or URL)."""
+    thumbs = load_thumbnails(images_root, [m.path for group in groups for m in group])
+    sections = []
+    for number, group in enumerate(groups, 1):
+        figures = [_figure(thumbs.uris[group[0].path], f"first<br>{html.escape(group[0].path)}", "query")]
+        figures += [
+            _figure(thumbs.uris[m.path], f'<span class="score">{m.score:.3f}</span><br>{html.escape(m.path)}')
+            for m in group[1:]
+        ]
+        sections.append(
+            f'<section><h2>group {number}: {len(group)} images</h2><div class="row">{"".join(figures)}</div></section>'
+        )
+    unavailable = f"; {thumbs.missing} images not available there now" if thumbs.missing else ""
+    meta = f"groups: {len(groups)}; score = similarity to the group's first; images from {html.escape(images_root)}"
+    return _document(title, meta + unavailable, sections), thumbs
+
+
+def _write(out: str | os.PathLike[str], text: str) -> None:
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:
+        raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
 
 
 def write_page(
     results: Sequence[QueryResult], images_root: str, out: str | os.PathLike[str], title: str = "alexfeat search"
 ) -> Thumbnails:
-    """Write the results page to ``out`` atomically; returns its thumbnails (how many were unavailable)."""
+    """Write the search results page to ``out`` atomically; returns its thumbnails (how many were unavailable)."""
     page, thumbs = render_page(results, images_root, title)
-    try:
-        write_text_atomic(out, page)
-    except OSError as exc:
-        raise AlexfeatError(f"cannot write {out} ({exc.strerror}); choose a writable place") from None
+    _write(out, page)
+    return thumbs
+
+
+def write_groups_page(
+    groups: Sequence[Sequence[Member]], images_root: str, out: str | os.PathLike[str], title: str = "alexfeat dedup"
+) -> Thumbnails:
+    """Write the near-duplicate groups page to ``out`` atomically; returns its thumbnails."""
+    page, thumbs = render_groups_page(groups, images_root, title)
+    _write(out, page)
     return thumbs

@@ -52,6 +52,10 @@ class QueryResult:
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "results": [hit.as_dict() for hit in self.hits]}
 
+    def first(self, k: int) -> QueryResult:
+        """The same query with its ``k`` nearest hits."""
+        return replace(self, hits=self.hits[:k])
+
 
 @dataclass
 class SearchResults:
@@ -110,27 +114,31 @@ class Searcher:
             )
         return results
 
-    def _by_ids(self, ids: np.ndarray, k: int) -> list[QueryResult]:
+    def _by_ids(self, ids: np.ndarray, k: int, exclude_self: bool) -> list[QueryResult]:
         vectors = ops.reconstruct(self.dir.index, ids)
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
         found = self.search_vectors(vectors, k + TIE_SLACK)  # room for the item among exact duplicates
         return [
-            QueryResult({"id": int(i), "path": lookup.paths[p]}, _self_first(hits, i)[:k])
+            QueryResult(
+                {"id": int(i), "path": lookup.paths[p]}, _without(hits, i) if exclude_self else _self_first(hits, i)
+            ).first(k)
             for i, p, hits in zip(ids.tolist(), pos.tolist(), found)
         ]
 
-    def search_ids(self, ids: Sequence[int], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by id (the item itself comes first, score ≈ 1)."""
+    def search_ids(self, ids: Sequence[int], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
+        """Neighbours of indexed items given by id: the item itself comes first (score ≈ 1), or with
+        ``exclude_self`` is left out."""
         wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
-        return self._by_ids(wanted, k)
+        return self._by_ids(wanted, k, exclude_self)
 
-    def search_paths(self, paths: Sequence[str], k: int = 10) -> list[QueryResult]:
-        """Neighbours of indexed items given by their path relative to the embedded folder."""
+    def search_paths(self, paths: Sequence[str], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
+        """Neighbours of indexed items given by their path relative to the embedded folder (``exclude_self``: as
+        :meth:`search_ids`)."""
         resolve_targets(self.dir, paths=paths)
         by_path = self.dir.lookup.path_to_id()
-        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k)
+        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, exclude_self)
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -145,17 +153,22 @@ class Searcher:
                 self._extractor = extractor
             return self._extractor
 
-    def search_images(self, files: Sequence[str | os.PathLike[str]], k: int = 10) -> SearchResults:
+    def search_images(
+        self, files: Sequence[str | os.PathLike[str]], k: int = 10, exclude_self: bool = False
+    ) -> SearchResults:
         """Neighbours of image files, embedded with the model recorded in the index. Files that cannot be decoded
-        are reported in ``errors`` and skipped."""
+        are reported in ``errors`` and skipped. With ``exclude_self``, a query file that is itself indexed (the
+        same file under the recorded root) is left out of its own results."""
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
         embedded = self.extractor.embed_images(names)
-        hits = self.search_vectors(embedded.values, k) if embedded.indices else []
+        ok = embedded.indices
+        hits = self.search_vectors(embedded.values, k + (TIE_SLACK if exclude_self else 0)) if ok else []
+        own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
         results = [
-            QueryResult({"image": stored_name(names[i])}, h, Path(names[i]).resolve())
-            for i, h in zip(embedded.indices, hits)
+            QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
+            for i, h, self_id in zip(ok, hits, own)
         ]  # UTF-8 text, as the index's own paths are
         return SearchResults(results, [(name, kind, message) for _, name, kind, message in embedded.failures])
 
@@ -166,20 +179,42 @@ class Searcher:
         paths: Sequence[str] = (),
         queries_dir: str | os.PathLike[str] | None = None,
         k: int = 10,
+        exclude_self: bool = False,
     ) -> SearchResults:
-        """Neighbours of one kind of query: image files, indexed ids, indexed paths, or every image in
-        ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have no result)."""
-        kinds = [name for name, given in (("images", images), ("ids", ids), ("paths", paths)) if len(given)]
-        kinds += ["queries_dir"] if queries_dir is not None else []
-        if len(kinds) != 1:
-            raise AlexfeatError(
-                f"give one kind of query: images, ids, paths or queries_dir (got {', '.join(kinds) or 'none'})"
-            )
+        """Neighbours of any mix of queries, answered in this order: indexed ids, indexed paths, image files, then
+        every image in ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have
+        no result). ``exclude_self`` leaves each query's own item out of its results."""
+        if not (len(images) or len(ids) or len(paths) or queries_dir is not None):
+            raise AlexfeatError("give at least one query: images, ids, paths or queries_dir")
+        results = SearchResults([])
         if len(ids):
-            return SearchResults(self.search_ids(ids, k))
+            results.results += self.search_ids(ids, k, exclude_self)
         if len(paths):
-            return SearchResults(self.search_paths(paths, k))
-        return self.search_images(list(images) if queries_dir is None else query_files(queries_dir), k)
+            results.results += self.search_paths(paths, k, exclude_self)
+        files = list(images) + (query_files(queries_dir) if queries_dir is not None else [])
+        if files:
+            found = self.search_images(files, k, exclude_self)
+            results.results += found.results
+            results.errors += found.errors
+        return results
+
+    def _indexed_ids(self, files: Sequence[str]) -> list[int | None]:
+        """The id of each file if it is an indexed item (under the recorded root), else None."""
+        from extractor.images.discover import stored_name
+
+        if self.dir.meta.root is None:  # a dataset written from Python without a root: no file is indexed
+            return [None] * len(files)
+        root = Path(self.dir.meta.root).resolve()
+        by_path = self.dir.lookup.path_to_id()
+        found: list[int | None] = []
+        for name in files:
+            try:
+                rel = Path(name).resolve().relative_to(root)
+            except ValueError:
+                found.append(None)
+                continue
+            found.append(by_path.get(stored_name(rel.as_posix())))
+        return found
 
 
 def search_index(
@@ -190,9 +225,10 @@ def search_index(
     queries_dir: str | os.PathLike[str] | None = None,
     k: int = 10,
     weights: str | None = None,
+    exclude_self: bool = False,
 ) -> SearchResults:
     """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
-    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k)
+    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, exclude_self)
 
 
 def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
@@ -203,6 +239,13 @@ def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:
     if not files:
         raise AlexfeatError(f"{queries_dir} holds no image files")
     return files
+
+
+def _without(hits: list[Hit], item_id: int | None) -> list[Hit]:
+    """``hits`` without the item ``item_id`` (ranks renumbered)."""
+    if item_id is None:
+        return hits
+    return [replace(h, rank=rank) for rank, h in enumerate((h for h in hits if h.id != item_id), 1)]
 
 
 def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:

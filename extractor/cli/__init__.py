@@ -22,6 +22,7 @@ from extractor.errors import AlexfeatError
 COMMANDS: dict[str, str] = {
     "weights": "extractor.cli.weights:weights",
     "embed": "extractor.cli.embed:embed",
+    "errors": "extractor.cli.embed:errors",
     "index": "index.cli:index_group",
     "search": "index.cli:search",
     "dedup": "index.cli:dedup",

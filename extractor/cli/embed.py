@@ -28,7 +28,8 @@ from extractor.parallel.stream import usable_cpus
     "--weights",
     default=None,
     metavar="SOURCE",
-    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: $ALEXFEAT_WEIGHTS or imagenet.",
+    help="imagenet | PATH (.pth, .npz, .weights.h5) | random. Default: on a rerun the dataset's own, else "
+    "$ALEXFEAT_WEIGHTS or imagenet.",
 )
 @click.option(
     "--arch",
@@ -36,13 +37,19 @@ from extractor.parallel.stream import usable_cpus
     default=None,
     help="Architecture; taken from the weights when omitted (random alone: torchvision).",
 )
-@click.option("--layer", type=click.Choice(LAYERS), default=LAYERS[0], show_default=True)
+@click.option(
+    "--layer",
+    type=click.Choice(LAYERS),
+    default=None,
+    help=f"Default: {LAYERS[0]} (on a rerun: the dataset's own).",
+)
 @click.option(
     "--pooling",
     type=click.Choice(list(POOLINGS)),
-    default=DEFAULT_POOLING,
-    show_default=True,
-    help="Global pooling of pool5 (ignored with fc6/fc7): "
+    default=None,
+    help="Global pooling of pool5 (ignored with fc6/fc7; default "
+    + DEFAULT_POOLING
+    + ", on a rerun the dataset's own): "
     + ", ".join(f"{name} ({pooling.about})" for name, pooling in POOLINGS.items())
     + ".",
 )
@@ -82,7 +89,7 @@ from extractor.parallel.stream import usable_cpus
 @click.option(
     "--retry-errors",
     is_flag=True,
-    help="Try again files recorded in _errors.parquet even when unchanged (e.g. after raising "
+    help="Try again files that failed before (see `alexfeat errors`) even when unchanged (e.g. after raising "
     "--max-pixels); by default only changed ones are retried.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the existing dataset in OUT_DIR and start afresh.")
@@ -143,8 +150,8 @@ def embed(
     out_dir: str,
     weights: str | None,
     arch: str | None,
-    layer: str,
-    pooling: str,
+    layer: str | None,
+    pooling: str | None,
     resize: str | None,
     batch_size: int,
     workers: int,
@@ -169,8 +176,8 @@ def embed(
     endpoint from the environment, e.g. AWS_PROFILE, AWS_ENDPOINT_URL), or tar shards ('shards/{00000..00099}.tar',
     'shards/*.tar', or a folder of .tar files); or give --from-list FILE instead.
 
-    Reruns embed only new and changed files. Files that cannot be embedded are recorded in
-    OUT_DIR/_errors.parquet and never stop the job.
+    Reruns embed only new and changed files, with the model the dataset recorded (no options needed). Files that
+    cannot be embedded are recorded (list them with `alexfeat errors OUT_DIR`) and never stop the job.
     """
     from extractor.embed.job import embed_folder
     from extractor.images.sources import open_source
@@ -216,6 +223,26 @@ def embed(
     )
     meta = summary.meta
     assert meta is not None
-    click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
-    for line in summary.lines():
+    if summary.changed:
+        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
+    for line in summary.lines(out_dir):
         click.echo(line)
+
+
+@click.command()
+@click.argument("emb_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, error, message, size, mtime_ns}.")
+def errors(emb_dir: str, as_json: bool) -> None:
+    """List the files of the dataset EMB_DIR that could not be embedded, with the reason."""
+    import json
+
+    from extractor.store import read_errors
+    from extractor.util.textsafe import text_cell
+
+    records = read_errors(emb_dir).to_pylist()
+    if as_json:
+        click.echo(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    for record in records:  # one line each: control characters in names escaped (JSON keeps them exact)
+        click.echo(f"{text_cell(record['path'])}\t{record['error']}\t{text_cell(record['message'])}")
+    click.echo(f"{len(records)} file(s) could not be embedded" if records else "no errors recorded", err=True)

@@ -23,13 +23,12 @@ from typing import Any
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.embed.local import LocalEngine
 from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_resume
+from extractor.embed.settings import extractor_for
 from extractor.embed.stages import Engine
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.images.discover import FileEntry
 from extractor.images.sources import Source, SourceError, open_source
 from extractor.network.features import FeatureExtractor
-from extractor.network.poolings import DEFAULT_POOLING
-from extractor.network.weights import default_source
 from extractor.parallel.stream import usable_cpus
 from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, read_errors
 from extractor.util.timing import Phases
@@ -63,13 +62,23 @@ class EmbedSummary:
     def images_per_second(self) -> float:
         return (self.embedded + self.errors) / self.wall_seconds if self.wall_seconds else 0.0
 
-    def lines(self) -> list[str]:
+    @property
+    def changed(self) -> bool:
+        """Whether the run embedded, recorded or dropped anything."""
+        return bool(self.embedded or self.errors or self.dropped)
+
+    def lines(self, out_dir: str | None = None) -> list[str]:
+        """The summary to print: one short line for a run with nothing to do, else counts and times."""
+        known = f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else ""
+        if not self.changed:
+            return [f"up to date: unchanged {self.unchanged}{known}, nothing to embed"]
+        where = f" (list them: alexfeat errors {out_dir})" if self.errors and out_dir else ""
         seconds = {name: value for name, value in self.stages.seconds.items() if value}  # stages this engine has
         stages = ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items())
         notes = "; ".join(f"{name}: {STAGE_NOTES[name]}" for name in seconds if seconds[name] and name in STAGE_NOTES)
         return [
-            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}"
-            + (f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else "")
+            f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}{where}"
+            + known
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages}"
             + (f" ({notes})" if notes else ""),
@@ -151,8 +160,8 @@ def embed_folder(
     out_dir: str | os.PathLike[str],
     weights: str | None = None,
     arch: str | None = None,
-    layer: str = "pool5",
-    pooling: str = DEFAULT_POOLING,
+    layer: str | None = None,
+    pooling: str | None = None,
     resize: str | None = None,
     **options: Any,
 ) -> EmbedSummary:
@@ -162,7 +171,9 @@ def embed_folder(
     ``--from-list``; see :mod:`extractor.images.sources`).
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them. ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them (default: pool5 and
+    GeM). Into an existing dataset, what is left out is taken from its metadata (a rerun needs no model options)
+    and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`). ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``,
     ``engine``: ``LocalEngine()`` or ``RayEngine(...)``). It
@@ -170,7 +181,7 @@ def embed_folder(
     """
     if isinstance(source, (str, os.PathLike)):  # a missing folder or shard pattern fails before the model loads
         source = open_source(source, follow_outside=options.get("follow_outside", True))
-    extractor = FeatureExtractor(weights or default_source(), arch, layer, pooling, resize)
+    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=options.get("overwrite", False))
     return EmbedJob(source, os.fspath(out_dir), extractor, **options).run()
 
 

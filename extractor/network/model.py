@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from extractor.errors import WeightsError
+from extractor.errors import AlexfeatError, WeightsError
 from extractor.network.archs import (
     ARCHS,
     CONV_LAYERS,
@@ -59,14 +59,48 @@ __all__ = [
 ]
 
 
-def preprocess_input(x: Any, arch: str) -> np.ndarray:
+def preprocess_input(x: Any, arch: str | keras.Model) -> np.ndarray:
     """Preprocess RGB images with values in 0..255 (NHWC or HWC) for :func:`AlexNet` of ``arch``.
 
+    ``arch`` is ``"caffe"`` or ``"torchvision"``, or the model itself (its architecture read from conv1).
     ``caffe`` subtracts the per-channel training mean; ``torchvision`` maps to [0, 1] and then normalises
     with the ImageNet mean and standard deviation. Returns float32.
+
+    Input that cannot be RGB 0..255 is refused (AlexfeatError) instead of giving garbage features: not 3 channels
+    last, values outside 0..255 (already preprocessed?), or floats no larger than 1 (0..1 images: multiply by 255).
     """
-    offset, scale = preprocessing_affine(arch)
-    return (np.asarray(x, dtype=np.float32) - offset) * scale
+    name = _arch_of(arch) if isinstance(arch, keras.Model) else check_arch(arch)
+    pixels = np.asarray(x)
+    if pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
+        raise AlexfeatError(
+            f"preprocess_input expects RGB images, 3 channels last (HWC or NHWC), got shape {pixels.shape}"
+        )
+    if pixels.size and pixels.dtype != np.uint8:
+        low, high = float(np.min(pixels)), float(np.max(pixels))
+        if low < 0.0 or high > 255.0 or not np.isfinite(low + high):
+            raise AlexfeatError(
+                f"preprocess_input expects RGB values in 0..255, got {low:.3g}..{high:.3g}: pass the decoded "
+                "pixels, not already preprocessed ones"
+            )
+        if 0.0 < high <= 1.0:
+            raise AlexfeatError(
+                f"preprocess_input expects RGB values in 0..255, got {low:.3g}..{high:.3g} (images in 0..1?): "
+                "multiply them by 255 first"
+            )
+    offset, scale = preprocessing_affine(name)
+    return (pixels.astype(np.float32, copy=False) - offset) * scale
+
+
+def _arch_of(model: keras.Model) -> str:
+    """The architecture of a model built by :func:`AlexNet`, from its conv1 (96 filters: caffe, 64: torchvision)."""
+    try:
+        filters = model.get_layer("conv1").filters
+    except ValueError:
+        raise AlexfeatError(f"model {model.name!r} has no conv1 layer: it was not built by AlexNet()") from None
+    found = [arch for arch in CONVS if CONVS[arch][0].filters == filters]
+    if len(found) != 1:
+        raise AlexfeatError(f"model {model.name!r}: conv1 has {filters} filters, not an AlexNet architecture")
+    return found[0]
 
 
 def AlexNet(

@@ -265,18 +265,20 @@ def read_h5(path: str | Path) -> Weights:
 
 def _imagenet() -> Weights:
     """torchvision's ImageNet checkpoint: converted cache if present, else download, check and convert."""
-    keras = _keras()
     cache_dir = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     cached = cache_dir / IMAGENET_FILE.replace(".pth", ".weights.h5")
-    if cached.exists():
+    if cached.exists():  # read without TensorFlow: an up-to-date rerun never loads it
         weights = read_h5(cached)
         return Weights(weights.arch, weights.tensors, "imagenet", weights.sha256)
+    keras = _keras()
     try:
         pth = keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models")
     except Exception as exc:
         raise WeightsError(
             f"could not download the ImageNet weights from {IMAGENET_URL} ({type(exc).__name__}: {exc}). "
-            f"Without internet, pass a local weights file instead: {CHOICES}."
+            f"Without internet, pass a local file with --weights PATH or set {ENV_VAR}=PATH; accepted: a "
+            f"torchvision .pth (e.g. {IMAGENET_FILE} copied from a machine with internet), a caffe-layout .npz, "
+            f"an alexfeat .weights.h5 (or --weights random, for trials only)."
         ) from None
     digest = file_sha256(pth).hex()
     if not digest.startswith(IMAGENET_SHA256_PREFIX):
@@ -291,6 +293,10 @@ def _imagenet() -> Weights:
 
 
 def _keras() -> Any:
+    """Keras, imported quietly (TensorFlow's start-up lines would otherwise come before a download error)."""
+    from extractor.network.tf_runtime import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     return keras

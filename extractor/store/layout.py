@@ -3,14 +3,18 @@
 A dataset is a directory (layout and columns in docs/design.md)::
 
     part-NNNNN.parquet   embeddings; each written as .part-NNNNN.parquet.tmp, then renamed when complete
-    _errors.parquet      files that could not be embedded: path, error, message, size, mtime_ns
-    .alexfeat.lock       flock'd by the one job writing the directory (released by the OS if that job dies)
+    _errors.parquet      files that could not be embedded: no rows, the parts' schema, the records (path, error,
+                         message, size, mtime_ns) as JSON in its schema metadata under ``alexfeat_errors``
 
-Everything but the parts starts with ``_`` or ``.``, so ``pyarrow.parquet.read_table(DIR)``, DuckDB and Polars
-read the directory as the embeddings alone."""
+Nothing else: the one writer's lock is a ``flock`` on the directory itself. Every reader then sees the directory as
+the embeddings alone, with no option: pyarrow and pandas skip ``_`` names, and the ones that do not (DuckDB's
+``DIR/*.parquet`` glob, Polars on the directory, which also lists sub-folders and refuses any file that is not
+Parquet) find an empty table of the same schema. Datasets written before this layout (``_errors.parquet`` with the
+records as rows, a ``.alexfeat.lock`` file) are read as they are and moved to it by the next write."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,8 +28,9 @@ from extractor.store.meta import META_KEY, encode_meta
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".alexfeat.lock"
 ERRORS_NAME = "_errors.parquet"
+ERRORS_KEY = b"alexfeat_errors"  # schema metadata of the errors file: its records as a JSON list of objects
+LEGACY_LOCK_NAME = ".alexfeat.lock"  # the lock file of the layout before: removed by the next write
 COLUMNS = ("id", "path", "label", "sha256", "size", "mtime_ns", "width", "height", "embedding")
 DEFAULT_COLUMNS = ("id", "path", "label")
 COMPRESSION = "zstd"
@@ -75,6 +80,19 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("mtime_ns", pa.int64(), nullable=True),
     ]
 )
+
+
+def errors_file_table(errors: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The content of ``_errors.parquet``: no rows and the parts' ``schema``, the ``errors`` records in its metadata
+    (so readers that glob ``*.parquet`` or list the directory find the same columns and no extra rows)."""
+    records = json.dumps(errors.select(ERRORS_SCHEMA.names).to_pylist(), ensure_ascii=False)
+    return schema.with_metadata({**(schema.metadata or {}), ERRORS_KEY: records.encode("utf-8")}).empty_table()
+
+
+def errors_from_metadata(schema: pa.Schema) -> pa.Table | None:
+    """The error records stored in an errors file's schema metadata; None for a file of the layout before."""
+    raw = (schema.metadata or {}).get(ERRORS_KEY)
+    return None if raw is None else pa.Table.from_pylist(json.loads(raw), schema=ERRORS_SCHEMA)
 
 
 def part_name(number: int) -> str:

@@ -68,3 +68,11 @@ def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         return file.read(columns=list(columns) if columns is not None else None, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise unreadable_error(path, exc) from exc
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """A Parquet file's Arrow schema with its metadata, from the footer alone."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise unreadable_error(path, exc) from exc

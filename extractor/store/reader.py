@@ -16,9 +16,17 @@ import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError
 from extractor.network.spec import EmbeddingMeta
-from extractor.store.layout import COLUMNS, DEFAULT_COLUMNS, ERRORS_NAME, ERRORS_SCHEMA, arrow_schema, list_parts
+from extractor.store.layout import (
+    COLUMNS,
+    DEFAULT_COLUMNS,
+    ERRORS_NAME,
+    ERRORS_SCHEMA,
+    arrow_schema,
+    errors_from_metadata,
+    list_parts,
+)
 from extractor.store.meta import META_KEY, decode_meta
-from extractor.store.parquet_io import corrupt_error, read_parquet, unreadable_error
+from extractor.store.parquet_io import corrupt_error, read_parquet, read_schema, unreadable_error
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +235,32 @@ def load_dataset(
 
 
 def read_errors(directory: str | os.PathLike[str]) -> pa.Table:
-    """The dataset's ``_errors.parquet`` (path, error, message, size, mtime_ns); an empty table when there is none."""
+    """The files a dataset could not embed: a table of ``path``, ``error`` (the kind), ``message``, ``size`` and
+    ``mtime_ns`` (of the file when it failed), sorted by path; an empty table when there are none."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"embeddings directory {directory} does not exist")
     path = directory / ERRORS_NAME
     if not path.exists():
         return ERRORS_SCHEMA.empty_table()
-    table = read_parquet(path)
+    try:
+        records = errors_from_metadata(read_schema(path))
+    except (ValueError, TypeError, pa.ArrowException) as exc:  # JSON or records that do not fit the schema
+        raise corrupt_error(path, f"holds unreadable error records ({exc})") from exc
+    if records is not None:
+        return records
+    table = read_parquet(path)  # the layout before: the records as rows
     missing = [name for name in ERRORS_SCHEMA.names if name not in table.column_names]
     if missing:
         raise DatasetError(f"{path} lacks the columns {missing}: it was not written by alexfeat")
     return table.select(ERRORS_SCHEMA.names).replace_schema_metadata(None)
+
+
+def errors_layout_is_current(directory: Path, schema: pa.Schema) -> bool:
+    """Whether ``_errors.parquet`` (if any) is of the current layout with the parts' ``schema`` (else a writer
+    rewrites it: records as rows from an older version, or columns of other model settings)."""
+    path = directory / ERRORS_NAME
+    if not path.exists():
+        return True
+    found = read_schema(path)
+    return errors_from_metadata(found) is not None and found.remove_metadata().equals(schema.remove_metadata())

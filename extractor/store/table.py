@@ -17,7 +17,15 @@ import numpy as np
 import pyarrow as pa
 
 from extractor.network.spec import EmbeddingMeta
-from extractor.store.layout import COLUMNS, COMPRESSION, ERRORS_NAME, ERRORS_SCHEMA, ErrorRecord, arrow_schema
+from extractor.store.layout import (
+    COLUMNS,
+    COMPRESSION,
+    ERRORS_NAME,
+    ERRORS_SCHEMA,
+    ErrorRecord,
+    arrow_schema,
+    errors_file_table,
+)
 from extractor.store.meta import path_ids
 from extractor.store.parquet_io import fsync_dir, write_parquet_atomic
 
@@ -96,9 +104,10 @@ def write_errors(
 
     The caller holds the dataset's lock (``DatasetWriter`` does)."""
     target = Path(directory) / ERRORS_NAME
-    table = errors_table(records, meta)
-    if table.num_rows:
-        write_parquet_atomic(table, target, compression)
+    schema = meta if isinstance(meta, pa.Schema) else arrow_schema(meta)
+    table = errors_table(records, schema)
+    if table.num_rows:  # no rows of its own: the parts' schema, the records in its metadata (store.layout)
+        write_parquet_atomic(errors_file_table(table, schema), target, compression)
     elif target.exists():
         target.unlink()
         fsync_dir(target.parent)

@@ -30,7 +30,7 @@ from extractor.store.layout import (
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import path_id
 from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
-from extractor.store.reader import read_errors, read_meta
+from extractor.store.reader import errors_layout_is_current, read_errors, read_meta
 from extractor.store.table import to_table, write_errors
 from extractor.util.dirlock import DirectoryLock
 
@@ -125,6 +125,7 @@ class DatasetWriter:
         errors = read_errors(self.out_dir).to_pylist()
         self._set_errors(ErrorRecord(**row) for row in errors)
         self._errors_dirty = self._forget_embedded_errors(self._known) > 0
+        self._errors_dirty |= bool(self._errors) and not errors_layout_is_current(self.out_dir, self.schema)
 
     # -- public API
 

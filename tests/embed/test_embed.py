@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,9 +52,17 @@ def test_awkward_tree_embeds_every_good_file_and_records_every_bad_one(tmp_path)
     errors = read_errors(out).to_pylist()
     assert {e["path"]: e["error"] for e in errors} == tree.errors
     assert all(e["message"] for e in errors)
+    assert f"errors {len(tree.errors)} (list them: alexfeat errors {out})" in output
     # The directory reads as the embeddings alone, whatever else it holds.
     table = pq.read_table(out)
     assert table.num_rows == len(tree.good) and "error" not in table.column_names
+    listed = CliRunner().invoke(main, ["errors", str(out), "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == errors
+    listed = CliRunner().invoke(main, ["errors", str(out)])
+    lines = listed.stdout.splitlines()
+    assert listed.exit_code == 0 and len(lines) == len(errors)
+    assert sorted(line.split("\t")[:2] for line in lines) == sorted([e["path"], e["error"]] for e in errors)
+    assert f"{len(errors)} file(s) could not be embedded" in listed.stderr
 
 
 def test_sideways_photo_with_exif_tag_embeds_like_the_upright_one(tmp_path):
@@ -73,8 +83,8 @@ def test_rerun_embeds_only_new_and_changed_files_and_prune_drops_vanished(tmp_pa
     assert embed(str(images), "-o", str(out), *RANDOM)[0] == 0
     first = load_dataset(out, columns=("id", "path"))
 
-    code, output = embed(str(images), "-o", str(out), *RANDOM)
-    assert code == 0 and "embedded 0, unchanged 6, errors 0" in output
+    code, output = embed(str(images), "-o", str(out), "--no-progress")  # the recorded weights: no option needed
+    assert code == 0 and output == "up to date: unchanged 6, nothing to embed\n"
 
     make_photo(images / "class0" / "new.jpg", (96, 72), seed=99)  # new
     make_photo(images / paths[1], (96, 72), seed=100)  # same size? content changed either way
@@ -102,7 +112,7 @@ def test_known_errors_are_retried_only_when_asked(tmp_path):
     assert code == 0 and "embedded 2, unchanged 0, errors 1" in output
     assert read_errors(out).column("error").to_pylist() == ["too_large"]
     code, output = embed(str(images), "-o", str(out), *RANDOM)  # limit raised, file unchanged: still skipped
-    assert code == 0 and "embedded 0, unchanged 2, errors 0 (+1 known errors skipped)" in output
+    assert code == 0 and output == "up to date: unchanged 2 (+1 known errors skipped), nothing to embed\n"
     code, output = embed(str(images), "-o", str(out), *RANDOM, "--retry-errors")
     assert code == 0 and "embedded 1, unchanged 2, errors 0" in output
     assert read_errors(out).num_rows == 0 and "big.jpg" in load_dataset(out, embeddings=False).paths
@@ -121,7 +131,7 @@ def test_a_file_name_that_is_not_utf8_is_embedded_under_an_escaped_path_and_resu
     data = load_dataset(out, embeddings=False)
     assert sorted(data.paths) == ["caf\\xe9.jpg", "class0/img_000.jpg", "class1/img_001.jpg"]
     code, output = embed(str(images), "-o", str(out), *RANDOM)
-    assert code == 0 and "embedded 0, unchanged 3, errors 0" in output
+    assert code == 0 and "up to date: unchanged 3" in output
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="CPU time limits need interval timers")
@@ -168,10 +178,63 @@ def test_incompatible_existing_output_is_refused_and_overwrite_replaces_it(tmp_p
     photo_tree(images, 2)
     assert embed(str(images), "-o", str(out), *RANDOM)[0] == 0
     code, output = embed(str(images), "-o", str(out), *RANDOM, "--pooling", "max")
-    assert code == 1 and "pooling: gem != max" in output and "--overwrite" in output
+    assert code == 1 and "--pooling max (it was embedded with pooling gem)" in output and "--overwrite" in output
     code, output = embed(str(images), "-o", str(out), *RANDOM, "--pooling", "max", "--overwrite")
     assert code == 0 and "embedded 2" in output
     assert load_dataset(out, embeddings=False).meta.pooling == "max"
+
+
+def test_a_rerun_uses_the_recorded_weights_and_refuses_others(tmp_path, caffe_weights, monkeypatch):
+    """Offline, with no weights option, a rerun finds the recorded file by path; other weights are refused."""
+    monkeypatch.delenv("ALEXFEAT_WEIGHTS", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached imagenet weights: a download would fail
+    images, out, weights = tmp_path / "images", tmp_path / "emb", tmp_path / "w" / "caffe.npz"
+    weights.parent.mkdir()
+    shutil.copy(caffe_weights, weights)
+    photo_tree(images, 1)
+    fast = ["--batch-size", "4", "--no-progress", "--workers", "0"]
+    assert embed(str(images), "-o", str(out), "--weights", str(weights), *fast)[0] == 0
+    make_photo(images / "class0" / "new.jpg", (96, 72), seed=50)
+    code, output = embed(str(images), "-o", str(out), *fast)
+    assert code == 0 and "embedded 1, unchanged 1" in output, output
+    assert load_dataset(out, embeddings=False).meta.weights_source == str(weights)
+    code, output = embed(str(images), "-o", str(out), *RANDOM)
+    assert code == 1 and "--weights random (sha256 random" in output and "--overwrite" in output, output
+    moved = tmp_path / "elsewhere.npz"
+    weights.rename(moved)
+    code, output = embed(str(images), "-o", str(out), *fast)  # the recorded file is gone: say what to pass
+    assert code == 1 and "no such file" in output and "pass --weights" in output, output
+    code, output = embed(str(images), "-o", str(out), "--weights", str(moved), *fast)  # the same file elsewhere
+    assert code == 0 and "up to date: unchanged 2" in output, output
+
+
+def test_a_failed_download_is_the_only_thing_printed(tmp_path):
+    """TensorFlow's start-up lines never come before the error, and it names the ways out."""
+    photo_tree(tmp_path / "images", 1)
+    script = (
+        "import sys\nimport extractor.network.weights as w\nfrom extractor.cli import run\n"
+        f"w.IMAGENET_URL = {(tmp_path / 'nowhere.pth').as_uri()!r}\n"
+        f"sys.argv = ['alexfeat', 'embed', {str(tmp_path / 'images')!r}, '-o', {str(tmp_path / 'emb')!r}]\nrun()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ALEXFEAT_WEIGHTS", "TF_CPP_MIN_LOG_LEVEL")}
+    env["KERAS_HOME"] = str(tmp_path / "keras")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and done.stderr.startswith("Error: could not download"), done.stderr
+    for needed in ("--weights", "ALEXFEAT_WEIGHTS", ".pth", ".npz", ".weights.h5"):
+        assert needed in done.stderr
+    assert "absl" not in done.stderr + done.stdout and "I0000" not in done.stderr + done.stdout
+
+
+def test_errors_of_a_missing_or_clean_dataset(tmp_path):
+    missing = CliRunner().invoke(main, ["errors", str(tmp_path / "nope")])
+    assert (
+        missing.exit_code == 1
+        and "Error: embeddings directory" in missing.output
+        and "does not exist" in missing.output
+    )
+    (tmp_path / "emb").mkdir()
+    clean = CliRunner().invoke(main, ["errors", str(tmp_path / "emb"), "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.stdout) == []
 
 
 def test_second_job_on_the_same_output_is_refused(tmp_path):

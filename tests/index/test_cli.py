@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from extractor.cli import main
-from extractor.store import load_dataset
+from extractor.store import load_dataset, path_id
 from tests.imagefiles import make_photo, raw_name
 from tests.index_data import DIM, clustered, paths_for, write_dataset
 from tests.storedata import make_meta
@@ -147,8 +147,7 @@ def test_search_html_of_embeddings_written_without_a_root_needs_images_root(
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        ([], 2, "give one kind of query"),
-        (["--id", "1", "--path", "x.jpg"], 2, "got --id, --path"),
+        ([], 2, "give at least one query"),
         (["--id", "12345"], 1, "Error: id 12345 not in the index"),
         (["--path", "cat/none.jpg"], 1, "Error: path 'cat/none.jpg' not in the index"),
         (["--id", "1", "-k", "0"], 2, "0 is not in the range"),
@@ -200,16 +199,24 @@ def test_dedup_cli_writes_json_or_csv_and_prints_a_summary(tmp_path: Path) -> No
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     paths = paths_for(60)
     write_dataset(tmp_path / "emb", paths, x)
-    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.json", "--no-progress")
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.json", "--no-progress", "--no-verify")
     assert code == 0, output
     assert output.strip().endswith(
-        f"near-duplicate groups: 1 (3 images, 2 redundant) among 60 images at cosine >= 0.95 -> {tmp_path / 'd.json'}"
+        "near-duplicate groups: 1 (3 images, 2 redundant) among 60 images at embedding cosine >= 0.95 (not "
+        f"verified on the images: lookalikes are grouped too) -> {tmp_path / 'd.json'}"
     )
-    assert [m["path"] for m in json.loads((tmp_path / "d.json").read_text())[0]] == sorted(paths[4:7])
-    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.csv", "--threshold", "0.999")
-    assert code == 0 and (tmp_path / "d.csv").read_text() == "group,id,path\n"  # nothing that close
-    code, output = run("dedup", tmp_path / "emb")
-    assert output.startswith(f"group 1 (3): {'  '.join(sorted(paths[4:7]))}\n")
+    group = json.loads((tmp_path / "d.json").read_text())[0]
+    assert [m["path"] for m in group] == sorted(paths[4:7])
+    first = paths.index(group[0]["path"])
+    assert [m["score"] for m in group] == [1.0] + [
+        round(float(x[paths.index(m["path"])] @ x[first]), 4) for m in group[1:]
+    ]
+    code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.csv", "--threshold", "0.999", "--no-verify")
+    assert code == 0 and (tmp_path / "d.csv").read_text() == "group,id,path,score\n"  # nothing that close
+    code, output = run("dedup", tmp_path / "emb", "--no-verify")
+    assert output.startswith(f"group 1 (3): {sorted(paths[4:7])[0]}  {sorted(paths[4:7])[1]} (0.")
+    code, output = run("dedup", tmp_path / "emb")  # verifying needs the images: the recorded root is not here
+    assert code == 1 and "pass --images-root" in output and "--no-verify" in output
     code, output = run("dedup", tmp_path / "emb", "-o", tmp_path / "d.txt")
     assert code == 1 and "name it .json or .csv" in output
 
@@ -241,6 +248,31 @@ def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Pat
     assert result["results"][0]["path"] == paths[3]
     assert result["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 4
+
+
+def test_exclude_self_and_query_kinds_mixed_in_one_call(embedded: tuple[Path, Path, list[str]]) -> None:
+    images, index_dir, paths = embedded
+    outside = images.parent / "outside.jpg"  # a query file that is not in the index: nothing of it to leave out
+    make_photo(outside, (96, 72), seed=3)
+    args = ["--path", paths[1], "--image", images / paths[3], "--image", outside, "-k", "2", "--json"]
+    code, output = run("search", index_dir, *args)
+    assert code == 0, output
+    kept = [json.loads(line) for line in output.splitlines()]
+    assert [r["query"] for r in kept] == [
+        {"id": path_id(paths[1]), "path": paths[1]},
+        {"image": str(images / paths[3])},
+        {"image": str(outside)},
+    ]
+    assert [r["results"][0]["path"] for r in kept] == [paths[1], paths[3], paths[3]]
+    code, output = run("search", index_dir, *args, "--exclude-self")
+    assert code == 0, output
+    dropped = [json.loads(line) for line in output.splitlines()]
+    for before, after, own in zip(kept, dropped, (paths[1], paths[3], None)):
+        assert own not in [hit["path"] for hit in after["results"]] and len(after["results"]) == 2
+        assert [hit["rank"] for hit in after["results"]] == [1, 2]
+        if own is not None:
+            assert after["results"][0] == {**before["results"][1], "rank": 1}
+    assert dropped[2] == kept[2]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="names as raw bytes are a POSIX thing")

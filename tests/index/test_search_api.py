@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from extractor.errors import AlexfeatError
+from extractor.store import path_id
 from index.build import build_index_dir
 from index.search import Searcher, search_index
 from tests.headdata import embed_tree, make_class_tree
@@ -36,15 +37,18 @@ def test_a_searcher_builds_its_model_once_and_keeps_it(indexed: tuple[Path, Path
     assert [(path, kind) for path, kind, _ in second.errors] == [(str(bad), "corrupt")]
 
 
-def test_search_index_takes_one_kind_of_query(indexed: tuple[Path, Path], tmp_path: Path) -> None:
+def test_search_index_takes_any_mix_of_query_kinds(indexed: tuple[Path, Path], tmp_path: Path) -> None:
     photos, idx = indexed
     by_folder = search_index(idx, queries_dir=photos / "Stripes", k=1)
     assert [r.hits[0].path for r in by_folder.results] == ["Stripes/img_00000.jpg", "Stripes/img_00001.jpg"]
     by_path = search_index(idx, paths=["discs/img_02000.jpg"], k=6).results[0]
     assert by_path.query["path"] == "discs/img_02000.jpg" and len(by_path.hits) == 6
-    with pytest.raises(AlexfeatError, match=r"one kind of query.*got ids, paths"):
-        search_index(idx, ids=[1], paths=["discs/img_02000.jpg"])
-    with pytest.raises(AlexfeatError, match=r"got none"):
+    mixed = search_index(
+        idx, paths=["discs/img_02000.jpg"], ids=[path_id("Stripes/img_00001.jpg")], k=2, exclude_self=True
+    )  # answered ids first, then paths; each without its own item
+    assert [r.query["path"] for r in mixed.results] == ["Stripes/img_00001.jpg", "discs/img_02000.jpg"]
+    assert all(r.query["path"] not in [h.path for h in r.hits] and len(r.hits) == 2 for r in mixed.results)
+    with pytest.raises(AlexfeatError, match=r"give at least one query"):
         search_index(idx)
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlexfeatError, match="holds no image files"):

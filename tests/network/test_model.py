@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extractor.errors import WeightsError
+from extractor.errors import AlexfeatError, WeightsError
 from extractor.network.model import AlexNet, preprocess_input
 from extractor.network.poolings import POOLINGS
 
@@ -65,6 +65,23 @@ def test_preprocess_input_follows_each_training_recipe():
     np.testing.assert_allclose(torch[0, 0, 0], expected, rtol=1e-5)
     with pytest.raises(WeightsError, match="unknown architecture"):
         preprocess_input(rgb, "vgg")
+
+
+def test_preprocess_input_refuses_what_cannot_be_rgb_0_255_and_reads_the_arch_from_a_model():
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    for wrong, message in (
+        (rgb / 255.0, r"0\.\.1\?\): multiply them by 255"),
+        (preprocess_input(rgb, "caffe"), "not already preprocessed"),
+        (rgb[..., :1], "3 channels last"),
+        (np.transpose(rgb, (0, 3, 1, 2)), "3 channels last"),
+    ):
+        with pytest.raises(AlexfeatError, match=message):
+            preprocess_input(wrong, "caffe")
+    np.testing.assert_array_equal(preprocess_input(rgb.astype(np.uint8), "caffe"), preprocess_input(rgb, "caffe"))
+    np.testing.assert_array_equal(preprocess_input(rgb[0], "caffe"), preprocess_input(rgb, "caffe")[0])
+    for arch in ("caffe", "torchvision"):
+        model = AlexNet(arch=arch, weights="random")
+        np.testing.assert_array_equal(preprocess_input(rgb, model), preprocess_input(rgb, arch))
 
 
 def test_shapes_poolings_and_arch_defaults():

@@ -102,7 +102,7 @@ def test_imagenet_download_failure_names_the_alternatives(tmp_path, monkeypatch)
     monkeypatch.setattr(weights_module, "IMAGENET_URL", (tmp_path / "nowhere.pth").as_uri())
     with pytest.raises(WeightsError, match="could not download the ImageNet weights") as info:
         resolve_weights("imagenet")
-    assert "ALEXFEAT_WEIGHTS" in str(info.value) and ".npz" in str(info.value)
+    assert all(name in str(info.value) for name in ("--weights", "ALEXFEAT_WEIGHTS", ".npz", ".pth", ".weights.h5"))
 
 
 def test_imagenet_download_with_a_wrong_hash_is_refused_and_removed(tmp_path, monkeypatch, fixtures_dir):

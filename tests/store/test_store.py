@@ -23,7 +23,7 @@ from extractor.store import (
     COLUMNS,
     COMPAT_FIELDS,
     ERRORS_NAME,
-    LOCK_NAME,
+    LEGACY_LOCK_NAME,
     Dataset,
     DatasetWriter,
     EmbeddingMeta,
@@ -203,12 +203,101 @@ def test_plain_pyarrow_reads_the_directory_as_the_embeddings_alone(tmp_path: Pat
         writer.add_errors([ErrorRecord("broken.jpg", "DecodeError", "truncated", 10, 20)])
         writer.flush()
         (out / ".part-00009.parquet.tmp").write_bytes(b"half a file")  # as a job killed mid-write leaves
-        assert {ERRORS_NAME, LOCK_NAME} <= set(os.listdir(out))
+        assert ERRORS_NAME in os.listdir(out)
         table = pq.read_table(out)  # while the writer still holds the lock
     assert table.column_names == list(COLUMNS)
     assert table.num_rows == len(PATHS)
     assert sorted(table.column("path").to_pylist()) == sorted(PATHS)
     assert table.column("embedding").type == pa.list_(pa.float32(), DIM)
+
+
+@pytest.fixture
+def dataset_with_errors(tmp_path: Path) -> Path:
+    """Several parts and an errors table, as a job with one failed file leaves them."""
+    out = tmp_path / "emb"
+    with open_for_writing(out, make_meta(), rows_per_part=3) as writer:
+        writer.add(make_rows(PATHS))
+        writer.add_errors([ErrorRecord("broken.jpg", "DecodeError", "truncated", 10, 20)])
+    assert len(list_parts(out)) > 1 and (out / ERRORS_NAME).exists()
+    return out
+
+
+def test_duckdb_reads_the_glob_as_the_embeddings_alone(dataset_with_errors: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    glob = f"'{dataset_with_errors}/*.parquet'"
+    assert duckdb.sql(f"SELECT count(*) FROM {glob}").fetchall() == [(len(PATHS),)]
+    rows = duckdb.sql(f"SELECT path, embedding FROM {glob} ORDER BY path").fetchall()
+    assert [r[0] for r in rows] == sorted(PATHS) and len(rows[0][1]) == DIM
+    first = sorted(PATHS)[0]
+    ranked = duckdb.sql(  # the README's ranking query
+        f"SELECT path, array_cosine_similarity(embedding::FLOAT[{DIM}], "
+        f"(SELECT embedding FROM {glob} WHERE path = '{first}')::FLOAT[{DIM}]) AS score "
+        f"FROM {glob} ORDER BY score DESC LIMIT 3"
+    ).fetchall()
+    assert ranked[0][0] == first and ranked[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_polars_reads_the_directory_and_the_glob(dataset_with_errors: Path) -> None:
+    pl = pytest.importorskip("polars")
+    for source in (dataset_with_errors, f"{dataset_with_errors}/*.parquet"):
+        frame = pl.read_parquet(source)
+        assert frame.columns == list(COLUMNS)
+        assert sorted(frame["path"].to_list()) == sorted(PATHS)
+
+
+def test_pandas_and_pyarrow_read_the_directory(dataset_with_errors: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_parquet(dataset_with_errors)
+    assert sorted(frame["path"]) == sorted(PATHS) and list(frame.columns) == list(COLUMNS)
+    table = pq.read_table(dataset_with_errors)
+    assert sorted(table.column("path").to_pylist()) == sorted(PATHS)
+    assert read_errors(dataset_with_errors).column("path").to_pylist() == ["broken.jpg"]
+
+
+def test_the_layout_before_is_read_and_moved_by_the_next_write(tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    write_dataset(out, PATHS[:2])
+    legacy = pa.table(  # an older version's errors table (records as rows) and lock file
+        {"path": ["broken.jpg"], "error": ["DecodeError"], "message": ["truncated"], "size": [10], "mtime_ns": [20]}
+    )
+    pq.write_table(legacy, out / ERRORS_NAME)
+    (out / LEGACY_LOCK_NAME).write_text("123\n")
+    assert read_errors(out).to_pylist() == legacy.to_pylist()
+    assert len(load_dataset(out)) == 2
+    with open_for_writing(out, make_meta()) as writer:
+        writer.add(make_rows(PATHS[2:3]))
+    assert sorted(os.listdir(out)) == [ERRORS_NAME, "part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_metadata(out / ERRORS_NAME).num_rows == 0
+    assert read_errors(out).to_pylist() == legacy.to_pylist()
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == sorted(PATHS[:3])
+
+
+def test_damaged_error_records_are_a_clear_error(dataset_with_errors: Path) -> None:
+    path = dataset_with_errors / ERRORS_NAME
+    schema = pq.read_schema(path)
+    pq.write_table(schema.with_metadata({**schema.metadata, b"alexfeat_errors": b"[{not json"}).empty_table(), path)
+    with pytest.raises(DatasetError, match="holds unreadable error records.*Delete it"):
+        read_errors(dataset_with_errors)
+
+
+def test_an_older_job_holding_the_old_lock_file_is_respected(tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    out.mkdir()
+    proc = _holder(
+        "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"  # as older versions did
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n",
+        str(out / LEGACY_LOCK_NAME),
+    )
+    try:
+        with pytest.raises(DatasetError, match=rf"being written by another alexfeat job \(pid {proc.pid}\)"):
+            open_for_writing(out, make_meta())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with open_for_writing(out, make_meta()):
+        pass
+    assert not (out / LEGACY_LOCK_NAME).exists()
 
 
 def test_embeddings_of_wrong_shape_or_non_finite_are_refused(tmp_path: Path) -> None:
@@ -415,7 +504,7 @@ def test_a_crash_while_rewriting_a_part_keeps_the_old_part_whole(
     monkeypatch.undo()
     writer.close()
     assert load_dataset(out).paths == PATHS
-    assert sorted(os.listdir(out)) == [LOCK_NAME, "part-00000.parquet"]
+    assert sorted(os.listdir(out)) == ["part-00000.parquet"]
 
 
 def test_update_file_stats_changes_only_the_given_rows(tmp_path: Path) -> None:

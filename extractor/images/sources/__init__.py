@@ -85,12 +85,13 @@ def open_source(
     return FolderSource(text, follow_outside)
 
 
-def read_stored(root: str, keys: Sequence[str]) -> list[bytes | OSError]:
+def read_stored(root: str | os.PathLike[str], keys: Sequence[str]) -> list[bytes | OSError]:
     """The bytes of the images stored under ``keys`` in a dataset whose metadata records ``root``, in order, or
     the error of each that cannot be read now (gone, or the store unreachable): the inverse of every source's
     keys. Members of tar shards are read in one pass over each shard."""
     from extractor.images.discover import FileEntry
 
+    root = os.fspath(root)
     out: list[bytes | OSError | None] = [None] * len(keys)
     plain: list[tuple[int, FileEntry]] = []
     members: dict[str, dict[str, int]] = {}
