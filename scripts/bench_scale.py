@@ -74,9 +74,9 @@ from index.search import Searcher
 emb, out, shards, factory = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 start = time.perf_counter()
 if shards:
-    info = build_sharded_index_dir(emb, out, shards, factory)
+    info = build_sharded_index_dir(emb, out, shards, factory).info
 else:
-    info = build_index_dir(emb, out, factory)
+    info = build_index_dir(emb, out, factory).info
 seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 searcher = Searcher(out)
@@ -131,7 +131,8 @@ def bench_index(workdir: Path, vectors: int, dim: int, shards: int, factory: str
             text=True,
         )
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        size = sum((out / name).stat().st_size for name in (INDEX_FILE, IVFDATA_FILE) if (out / name).exists())
+        files = out / json.loads((out / "index.json").read_text())["generation"]
+        size = sum((files / name).stat().st_size for name in (INDEX_FILE, IVFDATA_FILE) if (files / name).exists())
         print(
             f"{label:12} {r['seconds']:8.1f} {r['rss'] / 2**30:8.2f}G {r['recall']:9.3f} {r['qps']:7.0f} "
             f"{size / vectors:9.1f}  {r['factory']}, {r['params']}"

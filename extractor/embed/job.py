@@ -75,7 +75,7 @@ class EmbedSummary:
         where = f" (list them: alexfeat errors {out_dir})" if self.errors and out_dir else ""
         seconds = {name: value for name, value in self.stages.seconds.items() if value}  # stages this engine has
         stages = ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items())
-        notes = "; ".join(f"{name}: {STAGE_NOTES[name]}" for name in seconds if seconds[name] and name in STAGE_NOTES)
+        notes = "; ".join(f"{name}: {STAGE_NOTES[name]}" for name in seconds if name in STAGE_NOTES)
         return [
             f"embedded {self.embedded}, unchanged {self.unchanged}, errors {self.errors}{where}"
             + known

@@ -88,10 +88,11 @@ def to_table(rows: pa.Table | Mapping[str, Any], meta: EmbeddingMeta | pa.Schema
 
 
 def errors_table(records: Iterable[ErrorRecord], meta: EmbeddingMeta | pa.Schema) -> pa.Table:
-    """Error records as the ``_errors.parquet`` table, sorted by path, carrying the dataset's metadata."""
+    """Error records, sorted by path, as the content of ``_errors.parquet`` (``layout.errors_file_table``: the
+    parts' schema and no rows, the records in its metadata)."""
     schema = meta if isinstance(meta, pa.Schema) else arrow_schema(meta)
     rows = [dataclasses.asdict(r) for r in sorted(records, key=lambda r: r.path)]
-    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA.with_metadata(schema.metadata))
+    return errors_file_table(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), schema)
 
 
 def write_errors(
@@ -104,10 +105,9 @@ def write_errors(
 
     The caller holds the dataset's lock (``DatasetWriter`` does)."""
     target = Path(directory) / ERRORS_NAME
-    schema = meta if isinstance(meta, pa.Schema) else arrow_schema(meta)
-    table = errors_table(records, schema)
-    if table.num_rows:  # no rows of its own: the parts' schema, the records in its metadata (store.layout)
-        write_parquet_atomic(errors_file_table(table, schema), target, compression)
+    records = list(records)
+    if records:
+        write_parquet_atomic(errors_table(records, meta), target, compression)
     elif target.exists():
         target.unlink()
         fsync_dir(target.parent)
