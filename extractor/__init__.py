@@ -17,8 +17,9 @@ TensorFlow)::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from extractor.util.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -67,14 +68,4 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from extractor.network.model import AlexNet, preprocess_input  # noqa: F401
     from extractor.store import Dataset, EmbeddingMeta, load_dataset, read_errors, read_meta  # noqa: F401
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'extractor' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API, globals())

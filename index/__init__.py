@@ -14,8 +14,9 @@ FAISS)::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from extractor.util.lazy import lazy_exports
 
 # public name -> module that defines it
 _API: dict[str, str] = {
@@ -42,14 +43,4 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from index.search import Hit, QueryResult, Searcher, SearchResults, search_index  # noqa: F401
     from index.update import UpdateSummary, add_to_index, remove_from_index  # noqa: F401
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'index' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API, globals())

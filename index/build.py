@@ -26,13 +26,12 @@ from index.factory import (
     choose_factory,
     training_size,
 )
-from index.indexdir import Lookup, index_lock, prepare_output, write_index_dir
+from index.indexdir import LOOKUP_COLUMNS, Lookup, index_lock, prepare_output, write_index_dir
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_RECALL = 0.95
-LOOKUP_COLUMNS = ("id", "path", "label", "sha256")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
@@ -36,7 +37,7 @@ def index_group() -> None:
 
 @index_group.command()
 @click.argument("emb_dir", type=_DIR)
-@click.option("-o", "--output", "out_dir", required=True, type=_DIR, help="Index directory (created).")
+@output_dir_option("Index directory (created).")
 @click.option(
     "--factory",
     default="auto",
@@ -75,7 +76,7 @@ def index_group() -> None:
     help="With --shards: add the shards here, one after the other, or as Ray tasks (files on a shared file system).",
 )
 @click.option("--address", default=None, metavar="auto|ray://HOST:10001", help="With --engine ray: the cluster.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def build(
     emb_dir: str,
     out_dir: str,
@@ -115,7 +116,7 @@ def _params(params: dict[str, int]) -> str:
 @index_group.command()
 @click.argument("index_dir", type=_DIR)
 @click.argument("emb_dir", type=_DIR)
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def add(index_dir: str, emb_dir: str, progress: bool | None) -> None:
     """Add EMB_DIR's new rows to INDEX_DIR and replace rows whose image changed (sha256)."""
     from index.update import add_to_index
@@ -186,12 +187,7 @@ def _print_table(results: list[Any], out: Any) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: {query, results: [...]} per query.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page with thumbnails.")
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="Weights file for image queries when the recorded source is not on this machine.",
-)
+@recorded_weights_option
 @click.option(
     "--images-root",
     default=None,
@@ -222,7 +218,7 @@ def search(
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
     found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
     for path, kind, message in found.errors:
-        click.echo(f"warning: {text_cell(path)}: {kind}: {text_cell(message)}", err=True)
+        warn(f"{text_cell(path)}: {kind}: {text_cell(message)}")
     results = found.results
     if not results:
         raise AlexfeatError(f"none of the {len(found.errors)} query images could be read")
@@ -273,7 +269,7 @@ def search(
     "score: to the group's first member.",
 )
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a page of the groups.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def dedup(
     emb_dir: str,
     threshold: float | None,
@@ -289,7 +285,7 @@ def dedup(
 
     report = dedup_dataset(emb_dir, threshold, progress, out, verify=verify, images_root=images_root)
     for path, why in sorted(report.unreadable.items()):
-        click.echo(f"warning: cannot verify {text_cell(path)}: {text_cell(why)}", err=True)
+        warn(f"cannot verify {text_cell(path)}: {text_cell(why)}")
     if out is None:
         for line in group_lines(report):
             click.echo(line)

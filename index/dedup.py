@@ -214,7 +214,8 @@ def dedup_dataset(
     verifier = None
     candidates = 0
     if verify:
-        verifier = PairVerifier(find_images_root(dataset.meta.root, images_root), paths)
+        root = find_images_root(dataset.meta.root, images_root, or_else="dedup without the images: --no-verify")
+        verifier = PairVerifier(root, paths)
         a, b, _ = candidate_pairs(vectors, candidate_cosine, progress=progress)
         candidates = len(a)
         scores = verifier.scores(a, b, progress)

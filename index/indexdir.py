@@ -48,8 +48,8 @@ import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
 from extractor.network.spec import EmbeddingMeta
-from extractor.store import dataset_lock
-from extractor.util.atomic import write_text_atomic
+from extractor.store import dataset_lock, row_schema
+from extractor.util.atomic import fsync_path, write_text_atomic
 from index.ops import faiss_reason
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,8 @@ REQUIRED_KEYS = (
     "build_seconds",
     "embedding_metadata",
 )
-LOOKUP_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=True),
-        pa.field("sha256", pa.binary(32), nullable=False),
-    ]
-)
+LOOKUP_COLUMNS = ("id", "path", "label", "sha256")  # of every searchable vector, from its dataset row
+LOOKUP_SCHEMA = row_schema(LOOKUP_COLUMNS)
 
 
 @dataclass
@@ -240,14 +234,6 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def index_lock(directory: Path) -> Iterator[None]:
     """Hold the one-writer lock of an index directory (IndexDirError if another job holds it); on taking it,
@@ -338,7 +324,7 @@ def _write_generation(
     if index is not None:
         if ivfdata is not None:
             os.replace(ivfdata, gen_dir / IVFDATA_FILE)
-            _fsync(gen_dir / IVFDATA_FILE)
+            fsync_path(gen_dir / IVFDATA_FILE)
         faiss.write_index(index, str(target))
     else:
         if previous is None or not previous.is_file():
@@ -349,17 +335,17 @@ def _write_generation(
                     os.link(source, gen_dir / source.name)  # a generation's files never change: sharing is safe
                 except OSError:
                     shutil.copyfile(source, gen_dir / source.name)
-    _fsync(target)
+    fsync_path(target)
     _crash_point(INDEX_FILE)
     pq.write_table(lookup.to_table(), gen_dir / LOOKUP_FILE, compression="zstd", write_page_checksum=True)
-    _fsync(gen_dir / LOOKUP_FILE)
+    fsync_path(gen_dir / LOOKUP_FILE)
     _crash_point(LOOKUP_FILE)
     if masked.size:
         with open(gen_dir / MASKED_FILE, "wb") as fh:
             np.save(fh, masked)
-        _fsync(gen_dir / MASKED_FILE)
+        fsync_path(gen_dir / MASKED_FILE)
         _crash_point(MASKED_FILE)
-    _fsync(gen_dir)
+    fsync_path(gen_dir)
 
 
 def write_index_dir(
@@ -403,7 +389,7 @@ def write_index_dir(
         ordered = {key: info[key] for key in REQUIRED_KEYS} | info  # the docs/design.md keys first
         write_text_atomic(directory / INFO_FILE, json.dumps(ordered, indent=2) + "\n")  # the switch
         switched = True
-        _fsync(directory)
+        fsync_path(directory)
         _crash_point(INFO_FILE)
         _point_links(directory, gen)
         _remove_generations(directory, gen)

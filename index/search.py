@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
-from extractor.images.sources import is_url
 from index import ops
 from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
 
@@ -259,22 +258,7 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
 
 def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> str:
     """Where the indexed images are: ``override`` or the dataset root recorded in the index (a folder, the folder
-    of tar shards, or an object-store URL: stored paths are relative to it). A local folder must exist; an object
-    store is not contacted here (an image it cannot give becomes a placeholder)."""
-    recorded = searcher.dir.meta.root
-    if override is not None:
-        root = os.fspath(override)
-    elif recorded is not None:
-        root = str(recorded)
-    else:
-        raise AlexfeatError(
-            "the index records no images folder (its embeddings were written without one); pass --images-root "
-            "with the folder that was embedded"
-        )
-    if not is_url(root) and not os.path.isdir(root):
-        source = "given with --images-root" if override is not None else "recorded in the index"
-        raise AlexfeatError(
-            f"the images folder {root} ({source}) does not exist here; pass --images-root with "
-            "the folder (or URL) that was embedded"
-        )
-    return root
+    of tar shards, or an object-store URL: stored paths are relative to it)."""
+    from index.verify import images_root as dataset_images_root
+
+    return dataset_images_root(searcher.dir.meta.root, override, "the index")

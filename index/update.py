@@ -22,9 +22,17 @@ import numpy as np
 from extractor.errors import AlexfeatError, IndexDirError
 from extractor.store import Dataset, load_dataset
 from index import ops
-from index.build import LOOKUP_COLUMNS, build_index, index_info, lookup_of
+from index.build import build_index, index_info, lookup_of
 from index.factory import choose_factory
-from index.indexdir import INFO_FILE, IndexDir, index_lock, open_index_dir, resolve_targets, write_index_dir
+from index.indexdir import (
+    INFO_FILE,
+    LOOKUP_COLUMNS,
+    IndexDir,
+    index_lock,
+    open_index_dir,
+    resolve_targets,
+    write_index_dir,
+)
 from index.tune import recall_probe, tune
 
 log = logging.getLogger(__name__)

@@ -167,21 +167,22 @@ def _pairs_by(positions: np.ndarray, count: int) -> list[np.ndarray]:
     return [order[bounds[k] : bounds[k + 1]] for k in range(count)]
 
 
-def images_root(recorded: str | None, override: str | os.PathLike[str] | None = None) -> str:
-    """Where a dataset's images are: ``override`` or the ``recorded`` root (a folder, or an object-store URL, not
-    contacted here); AlexfeatError naming the way out."""
+def images_root(
+    recorded: str | None,
+    override: str | os.PathLike[str] | None = None,
+    recorded_in: str = "the embeddings",
+    or_else: str | None = None,
+) -> str:
+    """Where a dataset's images are: ``override`` or the ``recorded`` root (``recorded_in``: what recorded it, for
+    the message): a folder that must exist, or an object-store URL (not contacted here). Otherwise an
+    AlexfeatError naming the way out: ``--images-root``, or ``or_else``."""
     from extractor.errors import AlexfeatError
 
+    way_out = "pass --images-root with the folder that was embedded" + (f" ({or_else})" if or_else else "")
     if override is None and recorded is None:
-        raise AlexfeatError(
-            "the embeddings record no images folder (written from Python without one): pass --images-root with the "
-            "folder that was embedded (dedup without the images: --no-verify)"
-        )
+        raise AlexfeatError(f"{recorded_in} records no images folder (written from Python without one): {way_out}")
     root = os.fspath(override) if override is not None else str(recorded)
     if not is_url(root) and not os.path.isdir(root):
-        source = "given with --images-root" if override is not None else "recorded in the embeddings"
-        raise AlexfeatError(
-            f"the images folder {root} ({source}) does not exist here: pass --images-root with the folder that "
-            "was embedded (dedup without the images: --no-verify)"
-        )
+        source = "given with --images-root" if override is not None else f"recorded in {recorded_in}"
+        raise AlexfeatError(f"the images folder {root} ({source}) does not exist here: {way_out}")
     return root

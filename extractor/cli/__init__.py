@@ -42,13 +42,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS:
             module_name, attr = COMMANDS[name].split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:  # a part not built yet
-                if exc.name == module_name:
-                    return None
-                raise
-            return getattr(module, attr)
+            return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):

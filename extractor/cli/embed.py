@@ -12,18 +12,12 @@ from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
+from extractor.util.cli_options import output_dir_option, progress_option
 
 
 @click.command()
 @click.argument("source", required=False, metavar="[SOURCE]")
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Dataset directory (created; rerunning resumes it).",
-)
+@output_dir_option("Dataset directory (created; rerunning resumes it).")
 @click.option(
     "--weights",
     default=None,
@@ -144,7 +138,7 @@ from extractor.parallel.stream import usable_cpus
     help="With --from-list: where relative paths resolve (default: the list's folder); the stored paths are "
     "relative to it.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option
 def embed(
     source: str | None,
     out_dir: str,

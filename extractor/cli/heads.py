@@ -12,30 +12,16 @@ import click
 from extractor.heads.api import export_model, finetune_dir, predict_dataset, predict_files, train_head_dir
 from extractor.heads.export import EXPORT_FORMATS
 from extractor.heads.predict import PredictError, Prediction
-from extractor.heads.train import HEAD_KINDS
+from extractor.heads.train import DROPOUT, HEAD_KINDS, HIDDEN_UNITS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.parallel.stream import usable_cpus
+from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
-
-progress_option = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-weights_option = click.option(
-    "--weights",
-    default=None,
-    metavar="SOURCE",
-    help="Weights file to use instead of the one recorded with the embeddings (its sha256 must match).",
-)
 
 
 @click.command()
 @click.argument("emb_dir", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Head directory to write (head.keras, classes.json, metrics.json).",
-)
+@output_dir_option("Head directory to write (head.keras, classes.json, metrics.json).")
 @click.option(
     "--labels",
     "labels_spec",
@@ -50,7 +36,7 @@ weights_option = click.option(
     type=click.Choice(HEAD_KINDS),
     default="mlp",
     show_default=True,
-    help="mlp: Dense(1024, relu) → Dropout → softmax; linear: softmax regression.",
+    help=f"mlp: Dense({HIDDEN_UNITS}, relu) → Dropout({DROPOUT}) → softmax; linear: softmax regression.",
 )
 @click.option(
     "--val-fraction",
@@ -84,7 +70,7 @@ def train(
     warning.
     """
     result = train_head_dir(
-        emb_dir, out_dir, labels_spec, progress, _warn, kind=kind, val_fraction=val_fraction, epochs=epochs, seed=seed
+        emb_dir, out_dir, labels_spec, progress, warn, kind=kind, val_fraction=val_fraction, epochs=epochs, seed=seed
     )
     m = result.metrics
     val = f"val accuracy {m['val_accuracy']:.3f}" if m["val_accuracy"] is not None else "no validation split"
@@ -116,7 +102,7 @@ def train(
 )
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1), help="Classes listed per image.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: path, label, probability, top.")
-@weights_option
+@recorded_weights_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--workers", default=usable_cpus(), show_default=True, type=click.IntRange(1, 256), help="Decoding threads."
@@ -151,7 +137,7 @@ def predict(
         results = predict_dataset(head_dir, emb_dir, top)
     else:
         results = predict_files(
-            head_dir, images, image_dir, top, weights, batch_size, workers, max_pixels, progress, _warn
+            head_dir, images, image_dir, top, weights, batch_size, workers, max_pixels, progress, warn
         )
     done = failed = 0
     for result in results:
@@ -176,7 +162,7 @@ def predict(
     "-o", "--output", "out", required=True, type=click.Path(), help="MODEL.keras (keras) or a directory (savedmodel)."
 )
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="keras", show_default=True)
-@weights_option
+@recorded_weights_option
 def export(head_dir: str, out: str, fmt: str, weights: str | None) -> None:
     """Export HEAD_DIR as one model: uint8 RGB images at the input size in, class probabilities out.
 
@@ -194,14 +180,7 @@ def export(head_dir: str, out: str, fmt: str, weights: str | None) -> None:
 
 @click.command()
 @click.argument("images_dir", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory to write (model.keras, classes.json, metrics.json).",
-)
+@output_dir_option("Directory to write (model.keras, classes.json, metrics.json).")
 @click.option(
     "--from",
     "head_dir",
@@ -226,7 +205,7 @@ def export(head_dir: str, out: str, fmt: str, weights: str | None) -> None:
     help="Default: the head's (the same validation images as in training).",
 )
 @click.option("--seed", default=None, type=int, help="Default: the head's.")
-@weights_option
+@recorded_weights_option
 @click.option(
     "--workers", default=usable_cpus(), show_default=True, type=click.IntRange(1, 256), help="Decoding threads."
 )
@@ -265,10 +244,9 @@ def finetune(
     )
     m = result.metrics
     if m["decode_errors"]:
-        click.echo(
-            f"warning: {m['decode_errors']} files could not be decoded and were left out (see "
-            "decode_error_examples in metrics.json)",
-            err=True,
+        warn(
+            f"{m['decode_errors']} files could not be decoded and were left out (see decode_error_examples in "
+            "metrics.json)"
         )
     trained = " + ".join([*m["unfrozen_layers"], "head"])
     click.echo(f"{out_dir}: fine-tuned {trained} on {m['train_count']} images, {m['val_count']} for validation")
@@ -276,7 +254,3 @@ def finetune(
         f"val accuracy {m['val_accuracy_before']:.3f} -> {m['val_accuracy']:.3f} (best epoch "
         f"{m['best_epoch']} of {m['epochs_run']}) in {m['train_seconds']:.1f}s"
     )
-
-
-def _warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)

@@ -6,8 +6,6 @@ import json
 
 import click
 
-from extractor.errors import AlexfeatError
-
 
 @click.group()
 def weights() -> None:
@@ -49,12 +47,7 @@ def info(source: str, as_json: bool) -> None:
 )
 def convert(source: str, output: str) -> None:
     """Convert SOURCE to an alexfeat .weights.h5 (keeps the source's sha256 for compatibility checks)."""
-    from extractor.network.weights import resolve_weights, write_h5
+    from extractor.network.weights import convert_weights
 
-    if not output.endswith(".weights.h5"):
-        raise AlexfeatError(f"output {output!r} must end in .weights.h5")
-    resolved = resolve_weights(source)
-    if not resolved.tensors:
-        raise AlexfeatError(f"{source!r} has no tensors to convert")
-    write_h5(resolved, output)
+    resolved = convert_weights(source, output)
     click.echo(f"wrote {output}: {resolved.arch}, {len(resolved.tensors)} layers, {resolved.param_count:,} parameters")

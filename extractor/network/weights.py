@@ -216,7 +216,7 @@ def _from_npz(path: str) -> Weights:
     return Weights(arch, tensors, path, file_sha256(path).hex())
 
 
-def write_h5(weights: Weights, target: str | Path) -> None:
+def write_h5(weights: Weights, target: str | os.PathLike[str]) -> None:
     """Save weights as an alexfeat ``.weights.h5`` (atomically), keeping the source's name and sha256."""
     import h5py
 
@@ -231,6 +231,18 @@ def write_h5(weights: Weights, target: str | Path) -> None:
                 group = h5.create_group(name)
                 group.create_dataset("kernel", data=kernel)
                 group.create_dataset("bias", data=bias)
+
+
+def convert_weights(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Weights:
+    """Convert ``source`` (anything ``resolve_weights`` takes that holds tensors) to the ``.weights.h5`` file
+    ``target``; returns the converted weights (``alexfeat weights convert``)."""
+    if not os.fspath(target).endswith(".weights.h5"):
+        raise WeightsError(f"output {os.fspath(target)!r} must end in .weights.h5")
+    resolved = resolve_weights(source)
+    if not resolved.tensors:
+        raise WeightsError(f"{os.fspath(source)!r} has no tensors to convert")
+    write_h5(resolved, target)
+    return resolved
 
 
 def read_h5(path: str | Path) -> Weights:

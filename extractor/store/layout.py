@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,18 @@ log = logging.getLogger(__name__)
 ERRORS_NAME = "_errors.parquet"
 ERRORS_KEY = b"alexfeat_errors"  # schema metadata of the errors file: its records as a JSON list of objects
 LEGACY_LOCK_NAME = ".alexfeat.lock"  # the lock file of the layout before: removed by the next write
-COLUMNS = ("id", "path", "label", "sha256", "size", "mtime_ns", "width", "height", "embedding")
+# every column of a part but the embedding, whose width is the dataset's (docs/design.md, the columns table)
+ROW_FIELDS = (
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string(), nullable=True),
+    pa.field("sha256", pa.binary(32), nullable=False),
+    pa.field("size", pa.int64(), nullable=False),
+    pa.field("mtime_ns", pa.int64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+)
+COLUMNS = (*(f.name for f in ROW_FIELDS), "embedding")
 DEFAULT_COLUMNS = ("id", "path", "label")
 COMPRESSION = "zstd"
 MAX_ROWS_PER_PART = 50_000
@@ -55,20 +67,14 @@ class ErrorRecord:
 
 def arrow_schema(meta: EmbeddingMeta) -> pa.Schema:
     """The Arrow schema of a part, with ``meta`` as JSON under the schema metadata key ``alexfeat``."""
-    return pa.schema(
-        [
-            pa.field("id", pa.int64(), nullable=False),
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("label", pa.string(), nullable=True),
-            pa.field("sha256", pa.binary(32), nullable=False),
-            pa.field("size", pa.int64(), nullable=False),
-            pa.field("mtime_ns", pa.int64(), nullable=False),
-            pa.field("width", pa.int32(), nullable=False),
-            pa.field("height", pa.int32(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False),
-        ],
-        metadata={META_KEY: encode_meta(meta)},
-    )
+    embedding = pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False)
+    return pa.schema([*ROW_FIELDS, embedding], metadata={META_KEY: encode_meta(meta)})
+
+
+def row_schema(names: Sequence[str]) -> pa.Schema:
+    """The schema of some of a part's columns other than the embedding (e.g. an index's lookup of ids)."""
+    fields = {f.name: f for f in ROW_FIELDS}
+    return pa.schema([fields[name] for name in names])
 
 
 ERRORS_SCHEMA = pa.schema(

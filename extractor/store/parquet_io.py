@@ -8,7 +8,6 @@ are.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,19 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError
-from extractor.util.atomic import atomic_path
+from extractor.util.atomic import atomic_path, fsync_path
 
 log = logging.getLogger(__name__)
 
 _STATS_COLUMNS = ["id", "path", "label", "size", "mtime_ns", "width", "height"]
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> None:
@@ -43,7 +34,7 @@ def write_parquet_atomic(table: pa.Table, target: Path, compression: str) -> Non
                 write_statistics=[c for c in _STATS_COLUMNS if c in table.column_names],
                 write_page_checksum=True,
             )
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
     except OSError as exc:
         raise DatasetError(f"cannot write {target} ({exc})") from exc
 

@@ -27,7 +27,8 @@ from extractor.store.layout import (
     errors_file_table,
 )
 from extractor.store.meta import path_ids
-from extractor.store.parquet_io import fsync_dir, write_parquet_atomic
+from extractor.store.parquet_io import write_parquet_atomic
+from extractor.util.atomic import fsync_path
 
 
 def _column_array(name: str, value: Any, field: pa.Field) -> pa.Array | pa.ChunkedArray:
@@ -110,4 +111,4 @@ def write_errors(
         write_parquet_atomic(errors_table(records, meta), target, compression)
     elif target.exists():
         target.unlink()
-        fsync_dir(target.parent)
+        fsync_path(target.parent)

@@ -29,9 +29,10 @@ from extractor.store.layout import (
 )
 from extractor.store.lock import dataset_lock
 from extractor.store.meta import path_id
-from extractor.store.parquet_io import fsync_dir, read_parquet, write_parquet_atomic
+from extractor.store.parquet_io import read_parquet, write_parquet_atomic
 from extractor.store.reader import errors_layout_is_current, read_errors, read_meta
 from extractor.store.table import to_table, write_errors
+from extractor.util.atomic import fsync_path
 from extractor.util.dirlock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class DatasetWriter:
             raise DatasetError(
                 f"cannot create output directory {self.out_dir} ({exc.strerror}); choose a writable directory"
             ) from exc
-        _refuse_foreign(self.out_dir)  # before the lock file is created: a foreign directory is left untouched
+        _refuse_foreign(self.out_dir)  # before the lock (which removes an old lock file): a foreign dir stays as it is
         self._lock: DirectoryLock | None = dataset_lock(self.out_dir)
         try:
             self._open(overwrite)
@@ -291,7 +292,7 @@ class DatasetWriter:
             self._part_ids[name] = table.column("id").to_numpy()
         else:
             path.unlink()
-            fsync_dir(self.out_dir)
+            fsync_path(self.out_dir)
             del self._part_ids[name]
 
     def _set_errors(self, records: Iterable[ErrorRecord]) -> None:

@@ -10,6 +10,15 @@ from pathlib import Path
 from extractor.errors import AlexfeatError
 
 
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file or a directory (its entries: a rename in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def temp_path_for(target: Path) -> Path:
     """The hidden temporary name used while ``target`` is being written (``.NAME.tmp``)."""
     return target.with_name(f".{target.name}.tmp")
@@ -23,8 +32,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_path(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -63,7 +71,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     check_replaceable(target)
     target = Path(target)
-    staging = target.with_name(f".{target.name}.tmp")
+    staging = temp_path_for(target)
     old = target.with_name(f".{target.name}.old")
     for stale in (staging, old):
         shutil.rmtree(stale, ignore_errors=True)

@@ -16,7 +16,7 @@ from extractor.cli import main
 from extractor.errors import WeightsError
 from extractor.network import weights as weights_module
 from extractor.network.torch_checkpoint import LEGACY_MAGIC, load_state_dict
-from extractor.network.weights import read_h5, resolve_weights, write_h5
+from extractor.network.weights import convert_weights, read_h5, resolve_weights, write_h5
 
 
 class _RunsCommand:
@@ -95,6 +95,18 @@ def test_h5_round_trip_keeps_tensors_and_source_sha(tmp_path, fixtures_dir):
     for name, (kernel, bias) in original.tensors.items():
         np.testing.assert_array_equal(again.tensors[name][0], kernel)
         np.testing.assert_array_equal(again.tensors[name][1], bias)
+
+
+def test_convert_weights_writes_a_weights_h5_that_resolves_and_refuses_what_it_cannot(tmp_path, fixtures_dir):
+    source = fixtures_dir / "torchvision_alexnet_full_legacy.pth"
+    converted = convert_weights(source, tmp_path / "tv.weights.h5")
+    again = resolve_weights(tmp_path / "tv.weights.h5")
+    assert (again.arch, again.sha256, again.has_fc) == (converted.arch, converted.sha256, True)
+    with pytest.raises(WeightsError, match=r"must end in \.weights\.h5"):
+        convert_weights(source, tmp_path / "tv.h5")
+    with pytest.raises(WeightsError, match="no tensors to convert"):
+        convert_weights("random", tmp_path / "random.weights.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tv.weights.h5"]
 
 
 def test_imagenet_download_failure_names_the_alternatives(tmp_path, monkeypatch):
