@@ -174,6 +174,8 @@ def check_exports_match_predict(head: Path, files: list[Path], tmp_path: Path, i
         "extractor.network.layers",
         "extractor.network.model",
         "extractor.network.poolings",
+        "extractor.util",
+        "extractor.util.lazy",
     ]
     np.testing.assert_allclose(result["keras"], expected, atol=1e-5)
     np.testing.assert_allclose(result["savedmodel"], expected, atol=1e-5)
