@@ -3,13 +3,13 @@
 The Python API, one call per command (names are imported on first use, so ``import index`` does not load
 FAISS)::
 
-    build_index_dir(emb_dir, out_dir, factory="auto", ...) -> BuildSummary    # alexfeat index build
+    build_index_dir(emb_dir, out_dir, factory="auto", ..., augment=10) -> BuildSummary  # alexfeat index build
     add_to_index(index_dir, emb_dir) -> UpdateSummary                            # alexfeat index add
     remove_from_index(index_dir, ids=..., paths=...) -> UpdateSummary            # alexfeat index remove
-    search_index(index_dir, images=/ids=/paths=/queries_dir=, k=10) -> SearchResults  # alexfeat search
+    search_index(index_dir, images=/ids=/paths=/queries_dir=, k=10, expand=3) -> SearchResults  # alexfeat search
     Searcher(index_dir).search(...) / search_images / search_ids / search_paths / search_vectors  (reusable)
     dedup_dataset(emb_dir, threshold=0.95, out=None) -> DedupReport               # alexfeat dedup
-    build_index(vectors, ids, factory="auto", ...) -> BuiltIndex                  # arrays in memory
+    build_index(vectors, ids, factory="auto", ..., augment=0) -> BuiltIndex       # arrays in memory
 """
 
 from __future__ import annotations

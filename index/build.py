@@ -19,6 +19,7 @@ from extractor.errors import IndexDirError
 from extractor.store import Dataset, load_dataset
 from extractor.util.timing import Phases
 from index import ops
+from index.expansion import ALPHA, DEFAULT_AUGMENT, augment_database, check_count
 from index.factory import (
     EXACT_MAX,
     FactoryChoice,
@@ -49,6 +50,8 @@ class BuiltIndex:
     memory_budget: int | None
     removal: str  # "native": remove_ids works; "mask": removed ids are filtered at search time
     phase_seconds: dict[str, float]
+    augment: int = 0  # DBA: stored vectors are weighted sums of their `augment` nearest neighbours (0: raw)
+    alpha: float = ALPHA  # the similarity exponent of the augmentation
 
     @property
     def build_seconds(self) -> float:
@@ -71,6 +74,8 @@ class BuiltIndex:
             "removal": self.removal,
             "index_type": ops.describe(self.index),
             "phase_seconds": self.phase_seconds,
+            "augment": self.augment,
+            "alpha": self.alpha,
         }
 
 
@@ -127,15 +132,21 @@ def build_index(
     seed: int = 0,
     progress: bool | None = None,
     exact_max: int = EXACT_MAX,
+    augment: int = 0,
+    alpha: float = ALPHA,
 ) -> BuiltIndex:
     """Choose (``auto``) or check the factory, train on a sample, add ``vectors`` under ``ids``, then tune the
-    search parameters to reach ``target_recall`` recall@10 at the best speed.
+        search parameters to reach ``target_recall`` recall@10 at the best speed.
 
-    ``vectors`` are L2-normalised float32 (N, dim); the metric is inner product, i.e. cosine similarity.
-    ``auto`` searches exactly up to ``exact_max`` vectors.
+        ``vectors`` are L2-normalised float32 (N, dim); the metric is inner product, i.e. cosine similarity.
+        ``auto`` searches exactly up to ``exact_max`` vectors. ``augment`` > 1 stores each vector as the
+        similarity^``alpha``-weighted sum of its ``augment`` nearest neighbours, itself included (DBA), found with
+        the tuned index itself; the index is then filled with those and tuned again. 0 or 1 (the default here; the
+    command's default is ``build_index_dir``'s) stores them as given.
     """
     if not 0.0 < target_recall <= 1.0:
         raise IndexDirError(f"target recall must be in (0, 1], got {target_recall}")
+    augment = check_count(augment, "augment")
     x, ids = _check_inputs(vectors, ids)
     phases = Phases("index build")
     with phases("choose"):
@@ -156,6 +167,14 @@ def build_index(
     with phases("tune"):
         probe = recall_probe(x, ids, seed=seed)
         tuning = tune(index, probe, target_recall)
+    if augment > 1:
+        with phases("augment"):
+            x = augment_database(index, x, ids, min(augment, len(x)), alpha, tuning.params)
+            index.reset()
+            ops.add(index, x, ids, progress)
+        with phases("tune"):
+            probe = recall_probe(x, ids, seed=seed)
+            tuning = tune(index, probe, target_recall)
     removal = "native" if ops.can_remove(index) else "mask"
     return BuiltIndex(
         index,
@@ -169,6 +188,8 @@ def build_index(
         memory_budget,
         removal,
         phases.rounded(),
+        augment if augment > 1 else 0,
+        alpha,
     )
 
 
@@ -201,15 +222,25 @@ def build_index_dir(
     memory_budget: int | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     progress: bool | None = None,
+    augment: int = DEFAULT_AUGMENT,
 ) -> BuildSummary:
-    """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says."""
+    """Build an index over an embeddings dataset and write it to ``out_dir``; returns what ``index.json`` says.
+    ``augment`` > 1 applies database-side augmentation over that many neighbours (see :func:`build_index`);
+    the dataset itself is never changed."""
+    augment = check_count(augment, "augment")  # before anything is created
     emb_dir, out = Path(emb_dir), prepare_output(out_dir)
     with index_lock(out):
         start = time.perf_counter()
         dataset = load_dataset(emb_dir, columns=LOOKUP_COLUMNS)
         load_seconds = time.perf_counter() - start
         built = build_index(
-            dataset.get_vectors(), dataset.ids, factory, memory_budget, target_recall, progress=progress
+            dataset.get_vectors(),
+            dataset.ids,
+            factory,
+            memory_budget,
+            target_recall,
+            progress=progress,
+            augment=augment,
         )
         built.phase_seconds = {"load": round(load_seconds, 3)} | built.phase_seconds
         info = index_info(built, dataset, emb_dir)

@@ -16,6 +16,10 @@ from extractor.util.cli_options import output_dir_option, progress_option, recor
 from extractor.util.textsafe import text_cell
 
 _DIR = click.Path(file_okay=False)
+# the defaults of index.expansion (DEFAULT_AUGMENT, DEFAULT_EXPAND), kept here so `--help` does not load FAISS;
+# tests/index/test_expansion.py checks that they agree
+DEFAULT_AUGMENT = 10
+DEFAULT_EXPAND = 3
 _ID = click.IntRange(-(2**63), 2**63 - 1)  # the dataset's ids are int64
 
 
@@ -61,6 +65,15 @@ def index_group() -> None:
     help="recall@10 the search parameters (nprobe, efSearch) are tuned to reach.",
 )
 @click.option(
+    "--augment",
+    default=None,
+    type=click.IntRange(0),
+    metavar="K",
+    help="Database-side augmentation: store each vector as the similarity^3-weighted sum of its K nearest "
+    f"neighbours (itself included); better search. 0: the raw vectors. The dataset is not changed. Default: "
+    f"{DEFAULT_AUGMENT} (0 with --shards, which cannot augment).",
+)
+@click.option(
     "--shards",
     default=None,
     type=click.IntRange(1),
@@ -83,6 +96,7 @@ def build(
     factory: str,
     memory_budget: int | None,
     target_recall: float,
+    augment: int | None,
     shards: int | None,
     engine: str,
     address: str | None,
@@ -93,8 +107,18 @@ def build(
 
     if shards is None and (engine != "local" or address):
         raise click.UsageError("--engine and --address only apply with --shards")
+    if shards is not None and augment is not None and augment > 1:
+        raise click.UsageError("--augment needs an index built in one piece: leave it out with --shards")
     if shards is None:
-        built = build_index_dir(emb_dir, out_dir, factory, memory_budget, target_recall, progress)
+        built = build_index_dir(
+            emb_dir,
+            out_dir,
+            factory,
+            memory_budget,
+            target_recall,
+            progress,
+            DEFAULT_AUGMENT if augment is None else augment,
+        )
     else:
         from index.sharded import build_sharded_index_dir
 
@@ -102,8 +126,9 @@ def build(
             emb_dir, out_dir, shards, factory, memory_budget, target_recall, engine, address, progress
         )
     sharded = f" in {built.info['shards']} shards merged on disk" if built.info.get("storage") == "ondisk" else ""
+    augmented = f" augmented over {built.info['augment']} neighbours" if built.info.get("augment") else ""
     click.echo(
-        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}, "
+        f"{out_dir}: {built.factory} over {built.count:,} {built.dim}-d vectors{sharded}{augmented}, "
         f"recall@10 {built.recall_at_10:.3f} with {_params(built.search_params)}, "
         f"built in {built.build_seconds:.1f} s"
     )
@@ -181,6 +206,15 @@ def _print_table(results: list[Any], out: Any) -> None:
 )
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours per query.")
 @click.option(
+    "--expand",
+    default=DEFAULT_EXPAND,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="K",
+    help="Query expansion: search again with the query plus its K nearest neighbours, weighted by "
+    "similarity^3. 0: raw nearest neighbours.",
+)
+@click.option(
     "--exclude-self",
     is_flag=True,
     help="Leave each query's own item out of its results (an --id/--path item, or an --image file that is indexed).",
@@ -201,6 +235,7 @@ def search(
     paths: tuple[str, ...],
     queries_dir: str | None,
     k: int,
+    expand: int,
     exclude_self: bool,
     as_json: bool,
     html_file: str | None,
@@ -216,7 +251,7 @@ def search(
 
     searcher = Searcher(index_dir, weights)
     root = find_images_root(searcher, images_root) if html_file else None  # before searching: fail early
-    found = searcher.search(images, ids, paths, queries_dir, k, exclude_self)
+    found = searcher.search(images, ids, paths, queries_dir, k, exclude_self, expand)
     for path, kind, message in found.errors:
         warn(f"{text_cell(path)}: {kind}: {text_cell(message)}")
     results = found.results

@@ -3,8 +3,9 @@
 ::
 
     index.json        the manifest: factory, metric, dim, count, search_params, recall_at_10, build_seconds,
-                      embedding_metadata, the bookkeeping below (file sizes, removal mode, phases) and
-                      ``generation``, the folder that holds the index's files
+                      embedding_metadata, the bookkeeping below (file sizes, removal mode, phases), ``augment``
+                      and ``alpha`` (database-side augmentation, see index.expansion) and ``generation``, the
+                      folder that holds the index's files
     gen-000007/       the current generation (written in full, fsync'ed, before index.json names it):
         index.faiss     the FAISS index, keyed by the dataset's ids; ``faiss.read_index`` opens it as it is
         ids.parquet     id, path, label, sha256 of every searchable vector, sorted by id

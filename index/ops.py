@@ -115,8 +115,14 @@ def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
     A merged on-disk index is saved without the id → list map (GBs at 100M vectors): it is built here, in
     memory, on the first call."""
     prepare_direct_map(index)
+    wanted = np.ascontiguousarray(np.fromiter(ids, dtype=np.int64))
+    if wanted.size:
+        try:
+            return np.asarray(index.reconstruct_batch(wanted), dtype=np.float32).reshape(wanted.size, index.d)
+        except RuntimeError:
+            pass  # one at a time below, to name the id that cannot be returned
     rows = []
-    for i in ids:
+    for i in wanted.tolist():
         try:
             rows.append(index.reconstruct(int(i)))
         except RuntimeError as exc:

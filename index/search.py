@@ -17,6 +17,7 @@ import numpy as np
 
 from extractor.errors import AlexfeatError, IndexDirError
 from index import ops
+from index.expansion import ALPHA, DEFAULT_EXPAND, check_count, expand_queries
 from index.indexdir import IndexDir, as_ids, open_index_dir, resolve_targets
 
 if TYPE_CHECKING:
@@ -87,12 +88,20 @@ class Searcher:
     def count(self) -> int:
         return len(self.dir.lookup)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension)."""
+    def expand(self, vectors: np.ndarray, expand: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """αQE: each query vector replaced by the similarity^α-weighted sum of itself and its top-``expand``
+        neighbours in the index (``exclude``: per query an id not counted among them, e.g. the item itself)."""
+        x = ops.as_matrix(vectors, self.dim, "query vectors")
+        k = check_count(expand, "expand")
+        return expand_queries(self.dir.index, x, k, ALPHA, self.dir.search_params, self.dir.masked, exclude)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, expand: int = DEFAULT_EXPAND) -> list[list[Hit]]:
+        """The ``k`` nearest indexed items of each query vector (L2-normalised, the index's dimension), the
+        queries first expanded with their top-``expand`` neighbours (αQE; 0: as given)."""
         if k < 1:
             raise IndexDirError(f"k must be at least 1, got {k}")
         k = min(k, max(self.dir.index.ntotal, 1))  # never more results than vectors: nothing else is allocated
-        x = ops.as_matrix(vectors, self.dim, "query vectors")
+        x = self.expand(vectors, expand)
         scores, ids = ops.search(self.dir.index, x, k, self.dir.search_params, self.dir.masked)
         lookup = self.dir.lookup
         results = []
@@ -113,31 +122,42 @@ class Searcher:
             )
         return results
 
-    def _by_ids(self, ids: np.ndarray, k: int, exclude_self: bool) -> list[QueryResult]:
-        vectors = ops.reconstruct(self.dir.index, ids)
+    def _by_ids(self, ids: np.ndarray, k: int, exclude_self: bool, expand: int) -> list[QueryResult]:
+        stored = ops.reconstruct(self.dir.index, ids)
+        vectors = self.expand(stored, expand, exclude=ids)  # the item is not its own neighbour
         lookup = self.dir.lookup
         pos = lookup.positions(ids)
-        found = self.search_vectors(vectors, k + TIE_SLACK)  # room for the item among exact duplicates
-        return [
-            QueryResult(
-                {"id": int(i), "path": lookup.paths[p]}, _without(hits, i) if exclude_self else _self_first(hits, i)
-            ).first(k)
-            for i, p, hits in zip(ids.tolist(), pos.tolist(), found)
-        ]
+        found = self.search_vectors(vectors, k + TIE_SLACK, expand=0)  # room for the item among exact duplicates
+        results = []
+        for i, p, hits, own_score in zip(ids.tolist(), pos.tolist(), found, (vectors * stored).sum(axis=1).tolist()):
+            if exclude_self:
+                hits = _without(hits, i)
+            elif expand:  # an expanded query may sit nearer a neighbour than the item: the item still comes first
+                own = Hit(1, i, lookup.paths[p], lookup.labels[p], own_score)
+                hits = [own] + _without(hits, i)
+                hits = [replace(h, rank=rank) for rank, h in enumerate(hits, 1)]
+            else:
+                hits = _self_first(hits, i)
+            results.append(QueryResult({"id": i, "path": lookup.paths[p]}, hits).first(k))
+        return results
 
-    def search_ids(self, ids: Sequence[int], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
-        """Neighbours of indexed items given by id: the item itself comes first (score ≈ 1), or with
-        ``exclude_self`` is left out."""
+    def search_ids(
+        self, ids: Sequence[int], k: int = 10, exclude_self: bool = False, expand: int = DEFAULT_EXPAND
+    ) -> list[QueryResult]:
+        """Neighbours of indexed items given by id: the item itself comes first, or with ``exclude_self`` is left
+        out. The stored vector is first expanded with its top-``expand`` other neighbours (αQE; 0: raw)."""
         wanted = as_ids(ids)
         resolve_targets(self.dir, ids=wanted.tolist())  # clear error for an unknown id
-        return self._by_ids(wanted, k, exclude_self)
+        return self._by_ids(wanted, k, exclude_self, expand)
 
-    def search_paths(self, paths: Sequence[str], k: int = 10, exclude_self: bool = False) -> list[QueryResult]:
-        """Neighbours of indexed items given by their path relative to the embedded folder (``exclude_self``: as
-        :meth:`search_ids`)."""
+    def search_paths(
+        self, paths: Sequence[str], k: int = 10, exclude_self: bool = False, expand: int = DEFAULT_EXPAND
+    ) -> list[QueryResult]:
+        """Neighbours of indexed items given by their path relative to the embedded folder (``exclude_self``,
+        ``expand``: as :meth:`search_ids`)."""
         resolve_targets(self.dir, paths=paths)
         by_path = self.dir.lookup.path_to_id()
-        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, exclude_self)
+        return self._by_ids(np.asarray([by_path[p] for p in paths], dtype=np.int64), k, exclude_self, expand)
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -153,18 +173,26 @@ class Searcher:
             return self._extractor
 
     def search_images(
-        self, files: Sequence[str | os.PathLike[str]], k: int = 10, exclude_self: bool = False
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        k: int = 10,
+        exclude_self: bool = False,
+        expand: int = DEFAULT_EXPAND,
     ) -> SearchResults:
-        """Neighbours of image files, embedded with the model recorded in the index. Files that cannot be decoded
-        are reported in ``errors`` and skipped. With ``exclude_self``, a query file that is itself indexed (the
-        same file under the recorded root) is left out of its own results."""
+        """Neighbours of image files, embedded with the model recorded in the index and expanded with their
+        top-``expand`` neighbours (αQE; 0: raw). Files that cannot be decoded are reported in ``errors`` and
+        skipped. With ``exclude_self``, a query file that is itself indexed (the same file under the recorded
+        root) is left out of its own results (and of its expansion)."""
         from extractor.images.discover import stored_name
 
         names = [str(f) for f in files]
         embedded = self.extractor.embed_images(names)
-        ok = embedded.indices
-        hits = self.search_vectors(embedded.values, k + (TIE_SLACK if exclude_self else 0)) if ok else []
+        ok, vectors = embedded.indices, embedded.values
         own = self._indexed_ids([names[i] for i in ok]) if exclude_self else [None] * len(ok)
+        exclude = np.array([-1 if i is None else i for i in own], dtype=np.int64) if exclude_self else None
+        if ok:
+            vectors = self.expand(vectors, expand, exclude)
+        hits = self.search_vectors(vectors, k + (TIE_SLACK if exclude_self else 0), expand=0) if ok else []
         results = [
             QueryResult({"image": stored_name(names[i])}, _without(h, self_id), Path(names[i]).resolve()).first(k)
             for i, h, self_id in zip(ok, hits, own)
@@ -179,20 +207,22 @@ class Searcher:
         queries_dir: str | os.PathLike[str] | None = None,
         k: int = 10,
         exclude_self: bool = False,
+        expand: int = DEFAULT_EXPAND,
     ) -> SearchResults:
         """Neighbours of any mix of queries, answered in this order: indexed ids, indexed paths, image files, then
         every image in ``queries_dir``. Image queries that cannot be decoded are reported in ``errors`` (and have
-        no result). ``exclude_self`` leaves each query's own item out of its results."""
+        no result). ``exclude_self`` leaves each query's own item out of its results; each query is first expanded
+        with its top-``expand`` neighbours (αQE; 0: raw nearest neighbours)."""
         if not (len(images) or len(ids) or len(paths) or queries_dir is not None):
             raise AlexfeatError("give at least one query: images, ids, paths or queries_dir")
         results = SearchResults([])
         if len(ids):
-            results.results += self.search_ids(ids, k, exclude_self)
+            results.results += self.search_ids(ids, k, exclude_self, expand)
         if len(paths):
-            results.results += self.search_paths(paths, k, exclude_self)
+            results.results += self.search_paths(paths, k, exclude_self, expand)
         files = list(images) + (query_files(queries_dir) if queries_dir is not None else [])
         if files:
-            found = self.search_images(files, k, exclude_self)
+            found = self.search_images(files, k, exclude_self, expand)
             results.results += found.results
             results.errors += found.errors
         return results
@@ -225,9 +255,10 @@ def search_index(
     k: int = 10,
     weights: str | None = None,
     exclude_self: bool = False,
+    expand: int = DEFAULT_EXPAND,
 ) -> SearchResults:
     """One-off search of ``index_dir`` (see :meth:`Searcher.search`); keep a :class:`Searcher` for many."""
-    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, exclude_self)
+    return Searcher(index_dir, weights).search(images, ids, paths, queries_dir, k, exclude_self, expand)
 
 
 def query_files(queries_dir: str | os.PathLike[str]) -> list[str]:

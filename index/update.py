@@ -5,6 +5,11 @@ natural way to grow a collection); ``remove`` deletes ids from index types that 
 (HNSW, refined PQ). A masked id cannot be stored again, so replacing one in such an index rebuilds it from the
 dataset. When the dataset holds every indexed vector, recall@10 is measured again and the search parameters
 re-tuned to the target.
+
+In an augmented index (``augment`` in ``index.json``, DBA), an added vector is stored as the weighted sum of
+itself and its ``augment - 1`` nearest stored vectors in the current index; the vectors already stored are not
+changed (they see the newcomers after a rebuild), and recall@10 is not measured again (its probe would need the
+augmented vectors of the whole dataset).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from extractor.errors import AlexfeatError, IndexDirError
 from extractor.store import Dataset, load_dataset
 from index import ops
 from index.build import build_index, index_info, lookup_of
+from index.expansion import ALPHA, expand_queries
 from index.factory import choose_factory
 from index.indexdir import (
     INFO_FILE,
@@ -129,6 +135,8 @@ def _rebuild(current: IndexDir, dataset: Dataset, emb_dir: Path, progress: bool 
         old.get("memory_budget_bytes"),
         old.get("target_recall", 0.95),
         progress=progress,
+        augment=int(old.get("augment", 0)),
+        alpha=float(old.get("alpha", ALPHA)),
     )
     built.factory_requested = old.get("factory_requested", old["factory"])
     return write_index_dir(current.path, index_info(built, dataset, emb_dir), lookup_of(dataset), built.index)
@@ -142,10 +150,19 @@ def _add_in_place(
     if changed.any():
         ops.remove(index, dataset.ids[changed])
     rows, vectors = np.flatnonzero(insert), dataset.get_vectors()
-    ops.add(index, vectors[rows], dataset.ids[rows], progress)
+    augment = int(info.get("augment", 0))
+    new = vectors[rows]
+    if augment > 1:  # against the current index: the stored vectors, the removed and masked ones left out
+        k = min(augment - 1, int(index.ntotal) - len(current.masked))
+        new = expand_queries(
+            index, new, max(k, 0), float(info.get("alpha", ALPHA)), current.search_params, current.masked
+        )
+    ops.add(index, new, dataset.ids[rows], progress)
     lookup = current.lookup.merged(lookup_of(dataset, rows))
     recall = None
-    if covered:
+    if augment > 1:
+        log.info("recall@10 not measured again: the index is augmented (rebuild it to measure)")
+    elif covered:
         live = np.flatnonzero(lookup.contains(dataset.ids))
         probe = recall_probe(vectors[live], dataset.ids[live])
         tuning = tune(index, probe, float(info.get("target_recall", 0.95)), current.masked)

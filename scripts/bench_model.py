@@ -6,6 +6,11 @@ for the compiled path the embed job uses (:class:`extractor.network.features.Fea
 depend on the weights, so random weights are used. Medians over repeats; ratios to the bound.
 
     python scripts/bench_model.py [--arch torchvision caffe] [--repeats 5]
+    python scripts/bench_model.py --arch caffe --variant pooling=rmac --variant tta=flip
+
+Each ``--variant key=value[,key=value]`` (keys: pooling, tta) adds a table of the compiled path's images/s at
+batch 32 for the default settings and each variant, their repeats interleaved (so a shared machine's load falls
+on all alike), with the ratio to the default: the throughput cost of R-MAC or test-time augmentation.
 """
 
 from __future__ import annotations
@@ -46,12 +51,39 @@ def images_per_second(fn, batch: np.ndarray, repeats: int, min_images: int = 64)
     return statistics.median(rates)
 
 
+def compare_variants(arch: str, variants: list[str], repeats: int, batch_size: int = 32) -> None:
+    """images/s of the compiled path for the default settings and each variant, repeats interleaved."""
+    from extractor.network.features import FeatureExtractor
+
+    settings = [("default", {})] + [(v, dict(kv.split("=", 1) for kv in v.split(","))) for v in variants]
+    extractors = [FeatureExtractor("random", arch=arch, **options) for _, options in settings]
+    size = extractors[0].spec.input_size
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    rates: list[list[float]] = [[] for _ in settings]
+    for extractor in extractors:
+        extractor(batch)  # build and trace
+    for _ in range(repeats):
+        for rate, extractor in zip(rates, extractors):
+            start = time.perf_counter()
+            extractor(batch)
+            rate.append(batch_size / (time.perf_counter() - start))
+    base = statistics.median(rates[0])
+    print(f"{arch}, batch {batch_size}, median of {repeats} interleaved repeats")
+    print(f"{'settings':<24} {'images/s':>9} {'x default':>9}")
+    for (name, _), rate in zip(settings, rates):
+        print(f"{name:<24} {statistics.median(rate):>9.1f} {statistics.median(rate) / base:>9.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=["torchvision", "caffe"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variant", action="append", default=[], help="e.g. pooling=rmac or tta=flip")
     args = parser.parse_args()
+    if args.variant:
+        compare_variants(args.arch[0], args.variant, args.repeats)
+        return
 
     from extractor.network.archs import flops_per_image
     from extractor.network.features import FeatureExtractor

@@ -9,7 +9,7 @@ import click
 
 from extractor.embed.decode_stream import MAX_DECODE_SECONDS
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.parallel.stream import usable_cpus
 from extractor.util.cli_options import output_dir_option, progress_option
@@ -54,6 +54,13 @@ from extractor.util.cli_options import output_dir_option, progress_option
     help="e.g. squash256-center227, shorter256-center224, squash227. Default: the weights' training policy ("
     + ", ".join(f"{arch}: {policy}" for arch, policy in DEFAULT_RESIZE.items())
     + ").",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(TTAS),
+    default=None,
+    help="Test-time augmentation: flip embeds each image as the mean of it and its mirror (twice the inference). "
+    f"Default: {TTAS[0]} (on a rerun: the dataset's own).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -147,6 +154,7 @@ def embed(
     layer: str | None,
     pooling: str | None,
     resize: str | None,
+    tta: str | None,
     batch_size: int,
     workers: int,
     rows_per_part: int | None,
@@ -203,6 +211,7 @@ def embed(
         layer,
         pooling,
         resize,
+        tta,
         batch_size=batch_size,
         workers=workers,
         rows_per_part=rows_per_part,
@@ -218,7 +227,8 @@ def embed(
     meta = summary.meta
     assert meta is not None
     if summary.changed:
-        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings")
+        augmented = "" if meta.tta == "none" else f", test-time augmentation {meta.tta}"
+        click.echo(f"{out_dir}: {meta.arch} {meta.layer}/{meta.pooling} {meta.dim}-d embeddings{augmented}")
     for line in summary.lines(out_dir):
         click.echo(line)
 

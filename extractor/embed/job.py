@@ -163,6 +163,7 @@ def embed_folder(
     layer: str | None = None,
     pooling: str | None = None,
     resize: str | None = None,
+    tta: str | None = None,
     **options: Any,
 ) -> EmbedSummary:
     """Embed every image of ``source`` into the dataset ``out_dir`` (created; a rerun embeds only new and
@@ -171,9 +172,10 @@ def embed_folder(
     ``--from-list``; see :mod:`extractor.images.sources`).
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
-    ``arch``, ``layer``, ``pooling``, ``resize``: as :class:`FeatureExtractor` takes them (default: pool5 and
-    GeM). Into an existing dataset, what is left out is taken from its metadata (a rerun needs no model options)
-    and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`). ``options``: the
+    ``arch``, ``layer``, ``pooling``, ``resize``, ``tta``: as :class:`FeatureExtractor` takes them (default: pool5,
+    GeM, no test-time augmentation). Into an existing dataset, what is left out is taken from its metadata (a rerun
+    needs no model options) and what differs from it is refused (:func:`extractor.embed.settings.extractor_for`).
+    ``options``: the
     fields of :class:`EmbedJob` (``batch_size``, ``workers``, ``rows_per_part``, ``max_pixels``,
     ``max_decode_seconds``, ``prune``, ``retry_errors``, ``overwrite``, ``follow_outside``, ``progress``,
     ``engine``: ``LocalEngine()`` or ``RayEngine(...)``). It
@@ -181,7 +183,9 @@ def embed_folder(
     """
     if isinstance(source, (str, os.PathLike)):  # a missing folder or shard pattern fails before the model loads
         source = open_source(source, follow_outside=options.get("follow_outside", True))
-    extractor = extractor_for(out_dir, weights, arch, layer, pooling, resize, overwrite=options.get("overwrite", False))
+    extractor = extractor_for(
+        out_dir, weights, arch, layer, pooling, resize, tta, overwrite=options.get("overwrite", False)
+    )
     return EmbedJob(source, os.fspath(out_dir), extractor, **options).run()
 
 

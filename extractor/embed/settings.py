@@ -12,7 +12,7 @@ import os
 
 from extractor.errors import DatasetError, WeightsError
 from extractor.images.decode import ResizeSpec
-from extractor.network.archs import LAYERS
+from extractor.network.archs import LAYERS, TTAS
 from extractor.network.features import FeatureExtractor
 from extractor.network.poolings import DEFAULT_POOLING
 from extractor.network.weights import ENV_VAR, default_source, resolve_weights
@@ -28,6 +28,7 @@ def extractor_for(
     layer: str | None = None,
     pooling: str | None = None,
     resize: str | None = None,
+    tta: str | None = None,
     overwrite: bool = False,
 ) -> FeatureExtractor:
     """The extractor for embedding into ``out_dir``: the dataset's recorded model when it holds embeddings (and
@@ -36,9 +37,14 @@ def extractor_for(
     meta = None if overwrite or not list_parts(out_dir) else read_meta(out_dir)
     if meta is None:
         return FeatureExtractor(
-            weights or default_source(), arch, layer or DEFAULT_LAYER, pooling or DEFAULT_POOLING, resize
+            weights or default_source(),
+            arch,
+            layer or DEFAULT_LAYER,
+            pooling or DEFAULT_POOLING,
+            resize,
+            tta or TTAS[0],
         )
-    _refuse_other_settings(out_dir, meta, weights, arch, layer, pooling, resize)
+    _refuse_other_settings(out_dir, meta, weights, arch, layer, pooling, resize, tta)
     if weights is not None:
         return FeatureExtractor.from_metadata(meta, weights)
     try:
@@ -58,6 +64,7 @@ def _refuse_other_settings(
     layer: str | None,
     pooling: str | None,
     resize: str | None,
+    tta: str | None = None,
 ) -> None:
     """DatasetError naming each option that asks for another model than the one ``meta`` records."""
     differ = []
@@ -70,7 +77,7 @@ def _refuse_other_settings(
             )
     if resize is not None:
         resize = str(ResizeSpec.parse(resize))
-    asked = {"arch": arch, "layer": layer, "resize": resize}
+    asked = {"arch": arch, "layer": layer, "resize": resize, "tta": tta}
     if (layer or meta.layer) == DEFAULT_LAYER:  # fc layers record no pooling
         asked["pooling"] = pooling
     for name, value in asked.items():

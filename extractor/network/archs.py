@@ -53,6 +53,7 @@ FC_UNITS = 4096  # width of fc6 and fc7
 POOL5_SHAPE = (6, 6, 256)
 # The layers an embedding can come from: pool5 (then globally pooled, see extractor.network.poolings), fc6, fc7.
 LAYERS = ("pool5", "fc6", "fc7")
+TTAS = ("none", "flip")  # test-time augmentation: none, or the mean of the image's and its mirror's vectors
 
 
 def check_arch(arch: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extractor.errors import AlexfeatError, WeightsError
-from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS
+from extractor.network.archs import DEFAULT_RESIZE, FC_UNITS, INPUT_SIZE, LAYERS, TTAS
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS
 from extractor.network.spec import EmbeddingMeta
 from extractor.network.weights import Weights, resolve_weights
@@ -52,8 +52,12 @@ class FeatureExtractor:
         layer: str = "pool5",
         pooling: str = DEFAULT_POOLING,
         resize: str | None = None,
+        tta: str = "none",
     ) -> None:
         from extractor.images.decode import ResizeSpec
+
+        if tta not in TTAS:
+            raise AlexfeatError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTAS)}")
 
         self.weights = resolve_weights(weights, arch) if isinstance(weights, str) else weights
         arch = self.weights.check_arch(arch)
@@ -73,6 +77,7 @@ class FeatureExtractor:
             input_size=size,
             resize=str(self.resize_spec),
             dim=POOLINGS[pooling].dim if layer == "pool5" else FC_UNITS,
+            tta=tta,
         )
         self._model: Any = None
         self._compiled: Any = None
@@ -89,18 +94,20 @@ class FeatureExtractor:
         with self._lock:
             if self._compiled is None:
                 spec = self.spec
-                self._model = self._build(spec.arch, spec.layer, spec.pooling)
+                self._model = self._build(spec.arch, spec.layer, spec.pooling, spec.tta)
                 if int(self._model.output_shape[-1]) != spec.dim:
                     raise AlexfeatError(f"model gives {self._model.output_shape[-1]}-d features, expected {spec.dim}")
                 self._compiled = self._compile()
                 size = spec.input_size
                 self._compiled(np.zeros((1, size, size, 3), np.uint8))  # trace once, before the first batch
 
-    def _build(self, arch: str, layer: str, pooling: str) -> Any:
+    def _build(self, arch: str, layer: str, pooling: str, tta: str = "none") -> Any:
         """The Keras model from uint8 images to unnormalised features: Preprocess, then AlexNet up to ``layer``
-        (pooled with ``pooling`` at pool5)."""
+        (pooled with ``pooling`` at pool5); with ``tta="flip"`` the mean of the L2-normalised features of the
+        image and of its mirror (two forward passes)."""
         import keras
 
+        from extractor.network.layers import HorizontalMirror
         from extractor.network.model import AlexNet, Preprocess
 
         if layer == "pool5":
@@ -109,8 +116,18 @@ class FeatureExtractor:
             base = AlexNet(weights=self.weights, include_top=True, classifier_activation=None, trainable=False)
             features = keras.Model(base.input, base.get_layer(layer).output)
         inputs = keras.Input(shape=features.input_shape[1:], dtype="uint8", name="image")
-        outputs = features(Preprocess(arch, name="preprocess")(inputs))
-        return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}")
+        preprocessed = Preprocess(arch, name="preprocess")(inputs)
+        outputs = features(preprocessed)
+        if tta == "flip":
+            mirrored = features(HorizontalMirror(name="mirror")(preprocessed))
+            outputs = keras.layers.Average(name="tta_mean")(
+                [
+                    keras.layers.UnitNormalization(name=f"l2_{view}")(v)
+                    for view, v in (("image", outputs), ("mirror", mirrored))
+                ]
+            )
+        suffix = "" if tta == "none" else f"_tta_{tta}"
+        return keras.Model(inputs, outputs, name=f"alexnet_{arch}_{layer}_{pooling}{suffix}")
 
     def _compile(self) -> Any:
         import tensorflow as tf
@@ -176,7 +193,7 @@ class FeatureExtractor:
                 f"embeddings were made with (sha256 {meta.weights_sha256[:12]}..., from "
                 f"{meta.weights_source!r})"
             )
-        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize)
+        extractor = cls(resolved, meta.arch, meta.layer, meta.pooling, meta.resize, meta.tta)
         meta.check_compatible(
             extractor.spec, "the rebuilt extractor differs from the recorded settings (recorded != rebuilt)"
         )

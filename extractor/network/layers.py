@@ -84,3 +84,67 @@ class GeneralizedMeanPooling(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "p": self.p}
+
+
+def _spread(size: int, side: int, count: int) -> list[int]:
+    """Starts of ``count`` windows of ``side`` cells spread evenly from edge to edge of ``size`` cells."""
+    if count == 1:
+        return [(size - side) // 2]
+    step = (size - side) / (count - 1)
+    return sorted({int(round(i * step)) for i in range(count)})
+
+
+def rmac_regions(height: int, width: int, scales: int = 3, overlap: float = 0.4) -> list[tuple[int, int, int]]:
+    """The square regions of R-MAC (Tolias, Sicre, Jégou, ICLR 2016) on a ``height`` x ``width`` map, as
+    (top, left, side): at scale l = 1..``scales``, squares of side ``2 min(H, W) / (l + 1)``, l per side (plus
+    extra ones along a longer side, chosen for an ``overlap`` near 40 %), spread evenly from edge to edge."""
+    short, long_ = min(height, width), max(height, width)
+    extra = 0
+    if long_ > short:  # extra regions along the longer side, so consecutive ones overlap by about `overlap`
+        steps = np.arange(2, 7)
+        shift = (long_ - short) / (steps - 1)
+        extra = int(steps[np.argmin(np.abs((short**2 - short * shift) / short**2 - overlap))] - 1)
+    regions = []
+    for level in range(1, scales + 1):
+        side = int(np.floor(2 * short / (level + 1)))
+        if side < 1:
+            break
+        tops = _spread(height, side, level + (extra if height > width else 0))
+        lefts = _spread(width, side, level + (extra if width > height else 0))
+        regions += [(top, left, side) for top in tops for left in lefts]
+    return regions
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class RegionalMaxPooling(keras.layers.Layer):
+    """R-MAC: the maximum of each :func:`rmac_regions` square of the maps, each L2-normalised, summed (the
+    caller normalises the sum)."""
+
+    def __init__(self, scales: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scales = int(scales)
+
+    def call(self, x: Any) -> Any:
+        height, width = int(x.shape[1]), int(x.shape[2])
+        total = 0.0
+        for top, left, side in rmac_regions(height, width, self.scales):
+            region = tf.reduce_max(x[:, top : top + side, left : left + side, :], axis=[1, 2])
+            total = total + tf.math.l2_normalize(region, axis=-1, epsilon=1e-12)
+        return total
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scales": self.scales}
+
+
+@keras.saving.register_keras_serializable(package="alexfeat")
+class HorizontalMirror(keras.layers.Layer):
+    """The images (NHWC) mirrored left to right: the second view of ``tta="flip"``."""
+
+    def call(self, x: Any) -> Any:
+        return tf.reverse(x, axis=[2])
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape

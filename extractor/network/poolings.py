@@ -19,6 +19,7 @@ from typing import Any
 from extractor.network.archs import POOL5_SHAPE
 
 DEFAULT_POOLING = "gem"  # best measured for retrieval and linear probes (docs/design.md)
+RMAC_SCALES = 3  # R-MAC: square regions at 3 scales (1 + 4 + 9 on AlexNet's 13 x 13 conv5 maps)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ def _gem(base: Any) -> Any:
     return GeneralizedMeanPooling(name="gem_pool")(base.output)
 
 
+def _rmac(base: Any) -> Any:
+    from extractor.network.layers import RegionalMaxPooling
+
+    return RegionalMaxPooling(RMAC_SCALES, name="rmac_pool")(base.get_layer("conv5").output)
+
+
 def _flatten(base: Any) -> Any:
     import keras
 
@@ -58,5 +65,6 @@ POOLINGS: dict[str, Pooling] = {
     "avg": Pooling(_avg, POOL5_SHAPE[-1], "mean of the maps"),
     "max": Pooling(_max, POOL5_SHAPE[-1], "maximum of the maps"),
     "gem": Pooling(_gem, POOL5_SHAPE[-1], "generalised mean, p=3; best measured"),
+    "rmac": Pooling(_rmac, POOL5_SHAPE[-1], "R-MAC: regional maxima of conv5 at 3 scales, each L2-normalised, summed"),
     "flatten": Pooling(_flatten, math.prod(POOL5_SHAPE), f"the {math.prod(POOL5_SHAPE)}-d maps"),
 }

@@ -36,6 +36,7 @@ class EmbeddingMeta:
     input_size: int
     resize: str
     dim: int
+    tta: str = "none"  # test-time augmentation: "none", or "flip" (the mean of the image's and its mirror's vectors)
     root: str | None = field(default=None, metadata=_NOT_COMPARED)  # the images folder (absolute), once embedded
     package_version: str = field(default=__version__, metadata=_NOT_COMPARED)
     format_version: int = field(default=FORMAT_VERSION, metadata=_NOT_COMPARED)

@@ -179,6 +179,8 @@ def test_incompatible_existing_output_is_refused_and_overwrite_replaces_it(tmp_p
     assert embed(str(images), "-o", str(out), *RANDOM)[0] == 0
     code, output = embed(str(images), "-o", str(out), *RANDOM, "--pooling", "max")
     assert code == 1 and "--pooling max (it was embedded with pooling gem)" in output and "--overwrite" in output
+    code, output = embed(str(images), "-o", str(out), *RANDOM, "--tta", "flip")  # a TTA dataset is another model
+    assert code == 1 and "--tta flip (it was embedded with tta none)" in output, output
     code, output = embed(str(images), "-o", str(out), *RANDOM, "--pooling", "max", "--overwrite")
     assert code == 0 and "embedded 2" in output
     assert load_dataset(out, embeddings=False).meta.pooling == "max"

@@ -39,7 +39,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40, 30), (i * 2 % 256, 100, 200 - i)).save(root / rel)
     write_dataset(base / "emb", paths, clustered(N), meta=make_meta(DIM, root=root.resolve()))
-    code, output = run("index", "build", base / "emb", "-o", base / "idx", "--no-progress")
+    code, output = run("index", "build", base / "emb", "-o", base / "idx", "--no-progress", "--augment", "0")
     assert code == 0, output
     return root, base / "emb", base / "idx"
 
@@ -50,7 +50,9 @@ def test_build_prints_a_summary_and_accepts_a_memory_budget(
     _, emb, _ = collection
     code, output = run("index", "build", emb, "-o", tmp_path / "idx", "--memory-budget", "1M", "--target-recall", "0.9")
     assert code == 0, output
-    assert re.search(rf"IDMap2,Flat over {N} 32-d vectors, recall@10 1\.000 with exact search", output)
+    assert re.search(
+        rf"IDMap2,Flat over {N} 32-d vectors augmented over 10 neighbours, recall@10 1\.000 with exact search", output
+    )
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["memory_budget_bytes"] == 1 << 20 and info["target_recall"] == 0.9
 
@@ -72,7 +74,9 @@ def test_build_rejects_bad_options_as_usage_errors(
 def test_search_json_lines_by_id_and_path(collection: tuple[Path, Path, Path]) -> None:
     _, emb, index_dir = collection
     data = load_dataset(emb)
-    code, output = run("search", index_dir, "--id", data.ids[4], "--id", data.ids[9], "-k", "3", "--json")
+    code, output = run(
+        "search", index_dir, "--id", data.ids[4], "--id", data.ids[9], "-k", "3", "--json", "--expand", "0"
+    )
     assert code == 0, output
     lines = [json.loads(line) for line in output.splitlines()]
     assert [line["query"] for line in lines] == [{"id": int(data.ids[i]), "path": data.paths[i]} for i in (4, 9)]
@@ -82,14 +86,14 @@ def test_search_json_lines_by_id_and_path(collection: tuple[Path, Path, Path]) -
         assert (first["id"], first["path"], first["label"]) == (int(data.ids[row]), data.paths[row], data.labels[row])
         assert first["score"] == pytest.approx(1.0, abs=1e-5)
         assert set(first) == {"rank", "id", "path", "label", "score"}
-    code, output = run("search", index_dir, "--path", data.paths[4], "-k", "3", "--json")
+    code, output = run("search", index_dir, "--path", data.paths[4], "-k", "3", "--json", "--expand", "0")
     assert json.loads(output)["results"] == lines[0]["results"]
 
 
 def test_search_prints_a_readable_table_by_default(collection: tuple[Path, Path, Path]) -> None:
     _, emb, index_dir = collection
     data = load_dataset(emb, embeddings=False)
-    code, output = run("search", index_dir, "--path", data.paths[0], "-k", "2")
+    code, output = run("search", index_dir, "--path", data.paths[0], "-k", "2", "--expand", "0")
     assert code == 0, output
     lines = output.splitlines()
     assert lines[0] == f"query: id {data.ids[0]}  {data.paths[0]}"
@@ -103,7 +107,9 @@ def test_search_html_is_one_self_contained_page_with_thumbnails(
     _, emb, index_dir = collection
     data = load_dataset(emb, embeddings=False)
     page = tmp_path / "results.html"
-    code, output = run("search", index_dir, "--id", data.ids[1], "--id", data.ids[2], "-k", "4", "--html", page)
+    code, output = run(
+        "search", index_dir, "--id", data.ids[1], "--id", data.ids[2], "-k", "4", "--html", page, "--expand", "0"
+    )
     assert code == 0, output
     text = page.read_text()
     sources = re.findall(r'<img src="([^"]+)"', text)
@@ -118,12 +124,16 @@ def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Pa
     root, emb, index_dir = collection
     data = load_dataset(emb, embeddings=False)
     page = tmp_path / "results.html"
-    code, output = run("search", index_dir, "--id", data.ids[1], "--html", page, "--images-root", tmp_path / "gone")
+    code, output = run(
+        "search", index_dir, "--id", data.ids[1], "--html", page, "--images-root", tmp_path / "gone", "--expand", "0"
+    )
     assert code == 1 and "Error: the images folder" in output and "--images-root" in output
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)
     (moved / data.paths[3]).unlink()  # one image deleted since: a placeholder, not a failure
-    code, output = run("search", index_dir, "--id", data.ids[3], "-k", "2", "--html", page, "--images-root", moved)
+    code, output = run(
+        "search", index_dir, "--id", data.ids[3], "-k", "2", "--html", page, "--images-root", moved, "--expand", "0"
+    )
     assert code == 0, output
     assert page.read_text().count('class="missing"') == 2  # the query and its own first hit
 
@@ -183,7 +193,7 @@ def test_add_and_remove_through_the_cli(collection: tuple[Path, Path, Path], tmp
     listing.write_text(f"# to delete\n{data.ids[0]}\n\n{data.paths[1]}\n")
     code, output = run("index", "remove", idx2, "--from-file", listing, "--id", data.ids[2], "--path", new_paths[0])
     assert code == 0 and f"4 removed, 0 unchanged; {N + 6} vectors" in output
-    code, output = run("search", idx2, "--path", data.paths[3], "-k", str(N + 10), "--json")
+    code, output = run("search", idx2, "--path", data.paths[3], "-k", str(N + 10), "--json", "--expand", "0")
     returned = {r["id"] for r in json.loads(output)["results"]}
     assert len(returned) == N + 6 and not returned & {int(data.ids[i]) for i in (0, 1, 2)}
     code, output = run("index", "remove", idx2)
@@ -233,7 +243,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list
         make_photo(base / "images" / rel, (96, 72), seed=i)
     code, output = run("embed", base / "images", "-o", base / "emb", "--weights", "random", "--no-progress")
     assert code == 0, output
-    code, output = run("index", "build", base / "emb", "-o", base / "idx")
+    code, output = run("index", "build", base / "emb", "-o", base / "idx", "--augment", "0")
     assert code == 0, output
     return base / "images", base / "idx", paths
 
@@ -241,7 +251,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list
 def test_image_query_finds_itself_first_with_score_one(embedded: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
     images, index_dir, paths = embedded
     page = tmp_path / "page.html"
-    code, output = run("search", index_dir, "--image", images / paths[3], "-k", "3", "--json", "--html", page)
+    code, output = run(
+        "search", index_dir, "--image", images / paths[3], "-k", "3", "--json", "--html", page, "--expand", "0"
+    )
     assert code == 0, output
     result = json.loads(output.splitlines()[0])
     assert result["query"] == {"image": str(images / paths[3])}
@@ -254,7 +266,7 @@ def test_exclude_self_and_query_kinds_mixed_in_one_call(embedded: tuple[Path, Pa
     images, index_dir, paths = embedded
     outside = images.parent / "outside.jpg"  # a query file that is not in the index: nothing of it to leave out
     make_photo(outside, (96, 72), seed=3)
-    args = ["--path", paths[1], "--image", images / paths[3], "--image", outside, "-k", "2", "--json"]
+    args = ["--path", paths[1], "--image", images / paths[3], "--image", outside, "-k", "2", "--json", "--expand", "0"]
     code, output = run("search", index_dir, *args)
     assert code == 0, output
     kept = [json.loads(line) for line in output.splitlines()]
@@ -285,7 +297,7 @@ def test_an_image_query_whose_name_is_not_utf8_is_echoed_as_utf8_text(
         shutil.copy(images / paths[2], query)
     except OSError as exc:
         pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")
-    code, output = run("search", index_dir, "--image", query, "-k", "1", "--json")
+    code, output = run("search", index_dir, "--image", query, "-k", "1", "--json", "--expand", "0")
     assert code == 0, output
     result = json.loads(output.splitlines()[0])
     result["query"]["image"].encode("utf-8")  # no lone surrogate escapes, which strict JSON readers refuse
@@ -301,7 +313,7 @@ def test_query_folder_runs_a_batch_and_reports_unreadable_files(
     shutil.copy(images / paths[0], queries / "a.jpg")
     shutil.copy(images / paths[5], queries / "b.jpg")
     (queries / "broken.jpg").write_bytes(b"not a jpeg")
-    code, output = run("search", index_dir, "--queries", queries, "-k", "1", "--json")
+    code, output = run("search", index_dir, "--queries", queries, "-k", "1", "--json", "--expand", "0")
     assert code == 0, output
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert [(Path(r["query"]["image"]).name, r["results"][0]["path"]) for r in lines] == [

@@ -36,7 +36,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def flat_index(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("idx") / "flat"
-    build_index_dir(dataset, out)
+    build_index_dir(dataset, out, augment=0)
     return out
 
 
@@ -80,7 +80,7 @@ def test_lookup_rows_match_the_dataset(flat_index: Path, dataset: Path) -> None:
 
 def test_search_by_vector_returns_parquet_ids_with_their_paths_and_labels(flat_index: Path, dataset: Path) -> None:
     data = load_dataset(dataset)
-    hits = Searcher(flat_index).search_vectors(data.vectors[[3, 77, 420]], k=5)
+    hits = Searcher(flat_index).search_vectors(data.vectors[[3, 77, 420]], k=5, expand=0)
     path_of = dict(zip(data.ids.tolist(), data.paths))
     label_of = dict(zip(data.ids.tolist(), data.labels))
     for row, query_hits in zip([3, 77, 420], hits):
@@ -95,8 +95,8 @@ def test_search_by_vector_returns_parquet_ids_with_their_paths_and_labels(flat_i
 def test_search_by_id_and_by_path_puts_the_item_first_with_score_one(flat_index: Path, dataset: Path) -> None:
     data = load_dataset(dataset)
     searcher = Searcher(flat_index)
-    by_id = searcher.search_ids([int(data.ids[10])], k=3)[0]
-    by_path = searcher.search_paths([data.paths[10]], k=3)[0]
+    by_id = searcher.search_ids([int(data.ids[10])], k=3, expand=0)[0]
+    by_path = searcher.search_paths([data.paths[10]], k=3, expand=0)[0]
     assert by_id.query == {"id": int(data.ids[10]), "path": data.paths[10]} == by_path.query
     for result in (by_id, by_path):
         assert result.hits[0].id == data.ids[10] and result.hits[0].path == data.paths[10]
@@ -108,20 +108,20 @@ def test_an_item_queried_by_id_comes_before_its_exact_duplicate(tmp_path: Path) 
     x[17] = x[3]  # the same picture under two names: identical embeddings, tied scores
     paths = paths_for(30)
     ids = write_dataset(tmp_path / "emb", paths, x)
-    build_index_dir(tmp_path / "emb", tmp_path / "idx")
+    build_index_dir(tmp_path / "emb", tmp_path / "idx", augment=0)
     searcher = Searcher(tmp_path / "idx")
     for row, twin in ((3, 17), (17, 3)):
-        hits = searcher.search_ids([int(ids[row])], k=3)[0].hits
+        hits = searcher.search_ids([int(ids[row])], k=3, expand=0)[0].hits
         assert [h.id for h in hits[:2]] == [ids[row], ids[twin]] and [h.rank for h in hits] == [1, 2, 3]
         assert hits[0].score == hits[1].score
-    assert searcher.search_paths([paths[17]], k=1)[0].hits[0].path == paths[17]
+    assert searcher.search_paths([paths[17]], k=1, expand=0)[0].hits[0].path == paths[17]
 
 
 def test_k_larger_than_the_collection_returns_every_item_once(dataset: Path, tmp_path: Path) -> None:
     small = tmp_path / "small"
     ids = write_dataset(small, paths_for(4), clustered(4))
-    build_index_dir(small, tmp_path / "idx")
-    hits = Searcher(tmp_path / "idx").search_vectors(clustered(1, seed=5), k=10)[0]
+    build_index_dir(small, tmp_path / "idx", augment=0)
+    hits = Searcher(tmp_path / "idx").search_vectors(clustered(1, seed=5), k=10, expand=0)[0]
     assert sorted(h.id for h in hits) == sorted(ids.tolist())
 
 
@@ -186,21 +186,21 @@ def test_empty_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with DatasetWriter(tmp_path / "emb", make_meta()):
         pass
     with pytest.raises(AlexfeatError, match="no embeddings"):
-        build_index_dir(tmp_path / "emb", tmp_path / "idx")
+        build_index_dir(tmp_path / "emb", tmp_path / "idx", augment=0)
 
 
 def test_build_refuses_to_write_into_a_foreign_directory(dataset: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "thesis.tex").write_text("precious")
     with pytest.raises(AlexfeatError, match="not empty and holds no alexfeat index"):
-        build_index_dir(dataset, tmp_path / "out")
+        build_index_dir(dataset, tmp_path / "out", augment=0)
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
 
 
 def test_rebuilding_over_an_index_replaces_it(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "idx"
-    build_index_dir(dataset, out, factory="HNSW32")
-    build_index_dir(dataset, out, factory="IVF8,Flat")
+    build_index_dir(dataset, out, factory="HNSW32", augment=0)
+    build_index_dir(dataset, out, factory="IVF8,Flat", augment=0)
     info = json.loads((out / "index.json").read_text())
     assert info["factory"] == "IVF8,Flat" and info["removal"] == "native"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [

@@ -34,7 +34,7 @@ def built(request: pytest.FixtureRequest, base: Path, tmp_path: Path) -> tuple[P
     """(embeddings copy, index dir, factory) — a fresh copy per test so datasets can be edited."""
     emb = tmp_path / "emb"
     shutil.copytree(base, emb)
-    build_index_dir(emb, tmp_path / "idx", factory=request.param)
+    build_index_dir(emb, tmp_path / "idx", factory=request.param, augment=0)
     return emb, tmp_path / "idx", request.param
 
 
@@ -47,7 +47,7 @@ def _assert_consistent(index_dir: Path, emb: Path, absent: set[int] = frozenset(
     stored = stored_ids(searcher.dir.index)  # index.faiss is keyed by the Parquet ids, masked ones aside
     assert sorted(set(stored.tolist()) - set(searcher.dir.masked.tolist())) == sorted(data.ids[keep].tolist())
     assert len(stored) == len(set(stored.tolist()))
-    hits = searcher.search_vectors(data.vectors, k=10)
+    hits = searcher.search_vectors(data.vectors, k=10, expand=0)
     path_of = {i: (p, lab) for i, p, lab in zip(data.ids.tolist(), data.paths, data.labels)}
     for row, row_hits in enumerate(hits):
         returned = {h.id for h in row_hits}
@@ -69,7 +69,7 @@ def test_remove_by_id_and_path_never_returns_them(built: tuple[Path, Path, str])
     assert info["masked_count"] == (3 if FACTORIES[factory] == "mask" else 0)
     _assert_consistent(index_dir, emb, gone)
     # even the removed vectors themselves, as queries asking for everything, do not find their old entries
-    for hits in Searcher(index_dir).search_vectors(data.vectors[:3], k=N):
+    for hits in Searcher(index_dir).search_vectors(data.vectors[:3], k=N, expand=0):
         assert hits and not {h.id for h in hits} & gone
     with pytest.raises(AlexfeatError, match="not in the index"):
         Searcher(index_dir).search_ids([int(data.ids[0])])
@@ -87,7 +87,7 @@ def test_add_inserts_new_rows_and_replaces_changed_ones(built: tuple[Path, Path,
     assert summary.count == N + 60
     assert summary.rebuilt == (FACTORIES[factory] == "mask")
     _assert_consistent(index_dir, emb)
-    hits = Searcher(index_dir).search_vectors(new_vectors, k=1)  # the new vectors, not the old, answer
+    hits = Searcher(index_dir).search_vectors(new_vectors, k=1, expand=0)  # the new vectors, not the old, answer
     assert [h[0].id for h in hits] == path_ids(changed).tolist()
     assert [h[0].score for h in hits] == pytest.approx([1.0] * 5, abs=1e-3)
     assert add_to_index(index_dir, emb).added == 0  # a second run has nothing to do
@@ -112,7 +112,7 @@ def test_add_measures_recall_again(built: tuple[Path, Path, str]) -> None:
 
 
 def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) -> None:
-    build_index_dir(base, tmp_path / "idx")
+    build_index_dir(base, tmp_path / "idx", augment=0)
     before = (tmp_path / "idx" / "index.json").read_text()
     other = tmp_path / "other"
     write_dataset(other, paths_for(20), clustered(20), meta=make_meta(DIM, layer="fc7"))
@@ -122,7 +122,7 @@ def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) 
 
 
 def test_remove_with_an_unknown_id_or_path_changes_nothing(base: Path, tmp_path: Path) -> None:
-    build_index_dir(base, tmp_path / "idx")
+    build_index_dir(base, tmp_path / "idx", augment=0)
     known = int(load_dataset(base, embeddings=False).ids[0])
     before = {p.name: p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()}
     with pytest.raises(AlexfeatError, match="id 42 not in the index"):
@@ -133,7 +133,7 @@ def test_remove_with_an_unknown_id_or_path_changes_nothing(base: Path, tmp_path:
 
 
 def test_masked_index_cannot_replace_rows_from_a_dataset_lacking_some_of_its_items(base: Path, tmp_path: Path) -> None:
-    build_index_dir(base, tmp_path / "idx", factory="HNSW32")
+    build_index_dir(base, tmp_path / "idx", factory="HNSW32", augment=0)
     partial = tmp_path / "partial"
     paths = paths_for(10)
     write_dataset(
@@ -144,9 +144,9 @@ def test_masked_index_cannot_replace_rows_from_a_dataset_lacking_some_of_its_ite
 
 
 def test_add_to_a_native_index_from_a_partial_dataset_keeps_the_other_items(base: Path, tmp_path: Path) -> None:
-    build_index_dir(base, tmp_path / "idx", factory="IVF8,Flat")
+    build_index_dir(base, tmp_path / "idx", factory="IVF8,Flat", augment=0)
     extra = tmp_path / "extra"
     write_dataset(extra, paths_for(15, start=10_000), clustered(15, seed=8))
     summary = add_to_index(tmp_path / "idx", extra)
     assert summary.added == 15 and summary.count == N + 15 and summary.recall_at_10 is None
-    assert Searcher(tmp_path / "idx").search_paths([paths_for(1)[0]], k=1)[0].hits[0].path == paths_for(1)[0]
+    assert Searcher(tmp_path / "idx").search_paths([paths_for(1)[0]], k=1, expand=0)[0].hits[0].path == paths_for(1)[0]

@@ -9,22 +9,37 @@ import numpy as np
 import pytest
 
 from extractor.errors import AlexfeatError, DatasetError, WeightsError
-from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS
+from extractor.network.archs import ARCHS, DEFAULT_RESIZE, LAYERS, TTAS
 from extractor.network.features import FeatureExtractor
 from extractor.network.model import AlexNet, preprocess_input
 from extractor.network.poolings import DEFAULT_POOLING, POOLINGS, Pooling
 
-# What each pooling computes on (N, H, W, C) maps, written independently of the model.
-REFERENCE = {
-    "avg": lambda maps: maps.mean(axis=(1, 2)),
-    "max": lambda maps: maps.max(axis=(1, 2)),
-    "gem": lambda maps: np.mean(np.maximum(maps, 1e-6) ** 3, axis=(1, 2)) ** (1 / 3),
-    "flatten": lambda maps: maps.reshape(len(maps), -1),
-}
-
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# R-MAC's squares on AlexNet's 13 x 13 conv5 maps, (top, left, side), listed by hand: the whole map, 2 x 2 of side
+# 8 and 3 x 3 of side 6, spread from edge to edge.
+RMAC_13 = (
+    [(0, 0, 13)]
+    + [(t, left, 8) for t in (0, 5) for left in (0, 5)]
+    + [(t, left, 6) for t in (0, 4, 7) for left in (0, 4, 7)]
+)
+
+
+def rmac(conv5: np.ndarray) -> np.ndarray:
+    return sum(unit(conv5[:, t : t + side, left : left + side].max(axis=(1, 2))) for t, left, side in RMAC_13)
+
+
+# What each pooling computes on (N, H, W, C) maps (pool5, or conv5 before its max-pool), independently of the model.
+REFERENCE = {
+    "avg": ("pool5", lambda maps: maps.mean(axis=(1, 2))),
+    "max": ("pool5", lambda maps: maps.max(axis=(1, 2))),
+    "gem": ("pool5", lambda maps: np.mean(np.maximum(maps, 1e-6) ** 3, axis=(1, 2)) ** (1 / 3)),
+    "rmac": ("conv5", rmac),
+    "flatten": ("pool5", lambda maps: maps.reshape(len(maps), -1)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +64,34 @@ def test_every_pooling_in_the_table_is_what_it_says_on_the_pool5_maps(name, imag
     vectors = extractor(images)
     assert vectors.shape == (2, POOLINGS[name].dim) and extractor.spec.dim == POOLINGS[name].dim
     assert extractor.spec.pooling == name
-    np.testing.assert_allclose(vectors, unit(REFERENCE[name](caffe_maps["pool5"])), atol=2e-5)
+    source, reference = REFERENCE[name]
+    np.testing.assert_allclose(vectors, unit(reference(caffe_maps[source])), atol=2e-5)
+
+
+def test_rmac_regions_are_three_scales_of_squares_covering_the_map():
+    from extractor.network.layers import rmac_regions
+
+    assert rmac_regions(13, 13) == RMAC_13
+    wide = rmac_regions(13, 20)  # a longer side gets extra squares, still inside the map and covering it
+    covered = np.zeros((13, 20), bool)
+    for top, left, side in wide:
+        assert top + side <= 13 and left + side <= 20
+        covered[top : top + side, left : left + side] = True
+    assert covered.all() and len(wide) > len(RMAC_13)
+
+
+def test_tta_flip_is_the_mean_of_the_image_and_its_mirror(images):
+    plain = FeatureExtractor("random", "caffe", "pool5", "rmac")
+    flip = FeatureExtractor("random", "caffe", "pool5", "rmac", tta="flip")
+    assert (flip.spec.tta, plain.spec.tta) == ("flip", "none") and flip.spec.differences(plain.spec) == [
+        "tta: flip != none"
+    ]
+    mirrored = images[:, :, ::-1]
+    np.testing.assert_allclose(flip(images), unit(plain(images) + plain(mirrored)), atol=2e-5)
+    np.testing.assert_allclose(flip(images), flip(mirrored), atol=2e-5)  # a mirrored photo gives the same vector
+    assert FeatureExtractor.from_metadata(flip.spec).spec.tta == "flip"
+    with pytest.raises(AlexfeatError, match="unknown test-time augmentation 'rotate': choose one of none, flip"):
+        FeatureExtractor("random", tta="rotate")
 
 
 def test_a_new_pooling_is_one_entry_and_may_use_conv5_before_its_max_pool(monkeypatch, images, caffe_maps):
@@ -66,7 +108,7 @@ def test_a_new_pooling_is_one_entry_and_may_use_conv5_before_its_max_pool(monkey
 
 
 def test_unknown_layer_or_pooling_names_the_choices():
-    with pytest.raises(AlexfeatError, match="unknown pooling 'sum': choose one of avg, max, gem, flatten"):
+    with pytest.raises(AlexfeatError, match="unknown pooling 'sum': choose one of avg, max, gem, rmac, flatten"):
         FeatureExtractor("random", pooling="sum")
     with pytest.raises(AlexfeatError, match="unknown layer 'fc8': choose one of pool5, fc6, fc7"):
         FeatureExtractor("random", layer="fc8")
@@ -96,6 +138,11 @@ def test_from_metadata_rebuilds_the_same_function_and_refuses_what_does_not_fit(
 def test_the_cli_choices_are_the_tables():
     from extractor.cli.embed import embed
 
-    model_options = ("arch", "layer", "pooling")  # (--engine has choices too: not the model's)
-    choices = {p.name: list(p.type.choices) for p in embed.params if p.name in model_options}
-    assert choices == {"arch": list(ARCHS), "layer": list(LAYERS), "pooling": list(POOLINGS)}
+    choices = {p.name: list(p.type.choices) for p in embed.params if hasattr(p.type, "choices")}
+    assert choices == {
+        "arch": list(ARCHS),
+        "layer": list(LAYERS),
+        "pooling": list(POOLINGS),
+        "tta": list(TTAS),
+        "engine": ["local", "ray"],
+    }

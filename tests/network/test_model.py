@@ -93,7 +93,7 @@ def test_shapes_poolings_and_arch_defaults():
     assert AlexNet(weights="random", include_top=True, classes=7).output_shape == (None, 7)
     bigger = AlexNet(weights="random", pooling=None, input_shape=(320, 320, 3))
     assert bigger.output_shape == (None, 9, 9, 256)
-    with pytest.raises(ValueError, match="pooling must be None or one of avg, max, gem, flatten, got 'sum'"):
+    with pytest.raises(ValueError, match="pooling must be None or one of avg, max, gem, rmac, flatten, got 'sum'"):
         AlexNet(weights="random", pooling="sum")
 
 

@@ -87,7 +87,7 @@ def test_meta_differences_name_only_the_compatibility_fields() -> None:
     assert base.differences(other) == ["arch: caffe != torchvision", "input_size: 227 != 224", "dim: 8 != 16"]
     with pytest.raises(DatasetError, match=r"^the thing: arch: caffe != torchvision; input_size.*dim: 8 != 16\. Do X"):
         base.check_compatible(other, "the thing", hint="Do X")
-    assert set(COMPAT_FIELDS) == {"arch", "weights_sha256", "layer", "pooling", "input_size", "resize", "dim"}
+    assert set(COMPAT_FIELDS) == {"arch", "weights_sha256", "layer", "pooling", "input_size", "resize", "dim", "tta"}
 
 
 def test_meta_from_a_newer_format_or_with_missing_fields_is_refused(tmp_path: Path) -> None:
@@ -190,6 +190,7 @@ def test_every_part_carries_the_metadata_as_json(tmp_path: Path) -> None:
             "input_size",
             "resize",
             "dim",
+            "tta",
             "root",
             "package_version",
         }
