@@ -1,10 +1,13 @@
-"""``alexfeat index build/add/remove``, ``alexfeat search`` and ``alexfeat dedup``: argument parsing only.
+"""``alexfeat index build/add/remove``, ``alexfeat search``, ``alexfeat dedup`` and ``alexfeat serve``: argument
+parsing only.
 
-FAISS, the index modules and TensorFlow are imported inside the commands, so ``alexfeat --help`` stays fast.
+FAISS, the index modules, TensorFlow and the web server are imported inside the commands, so ``alexfeat --help``
+stays fast.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import click
 
 from extractor.errors import AlexfeatError
+from extractor.images.decode import DEFAULT_MAX_PIXELS
 from extractor.util.cli_options import output_dir_option, progress_option, recorded_weights_option, warn
 from extractor.util.textsafe import text_cell
 
@@ -344,3 +348,74 @@ def _unavailable_note(thumbs: Any, root: str) -> None:
             f"first: {text_cell(thumbs.first_error)}); --images-root names another copy",
             err=True,
         )
+
+
+# ----------------------------------------------------------------------------------------------------- serve
+
+
+@click.command()
+@click.argument("index_dir", type=_DIR)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option(
+    "--images-root",
+    default=None,
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the indexed images (thumbnails), when not where the index recorded it.",
+)
+@recorded_weights_option
+@click.option(
+    "--max-upload-mb",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Larger uploads are refused (413).",
+)
+@click.option(
+    "--max-pixels",
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Larger query images are refused (400), checked from the header.",
+)
+@click.option(
+    "--max-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Most image queries embedded in one forward pass.",
+)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+def serve(
+    index_dir: str,
+    host: str,
+    port: int,
+    images_root: str | None,
+    weights: str | None,
+    max_upload_mb: float,
+    max_pixels: int,
+    max_batch: int,
+    access_log: bool,
+) -> None:
+    """Serve INDEX_DIR over HTTP: a search page at / and a JSON API (/api/search, /docs)."""
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AlexfeatError(
+            f"alexfeat serve needs {', '.join(missing)}: install the serve extra (pip install 'alexfeat[serve]')"
+        )
+    from index.serve.server import serve as run_server
+    from index.serve.service import SearchService, ServeConfig
+
+    def ready(service: SearchService, url: str) -> None:
+        info = service.info()
+        model = info["model"]
+        click.echo(
+            f"{index_dir}: {info['count']:,} images, {info['factory']} over {info['dim']}-d vectors; model "
+            f"{model['arch']} {model['layer']}/{model['pooling']} ({model['weights_source']})\n"
+            f"search page {url}  API docs {url}docs  (Ctrl+C stops)"
+        )
+
+    config = ServeConfig(index_dir, images_root, weights, max_upload_mb, max_pixels, max_batch)
+    batches = run_server(config, host, port, access_log, on_ready=ready)
+    queries = sum(size * count for size, count in batches.items())
+    click.echo(f"stopped; served {queries:,} image queries in {sum(batches.values()):,} forward passes")

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "index": "index.cli:index_group",
     "search": "index.cli:search",
     "dedup": "index.cli:dedup",
+    "serve": "index.cli:serve",
     "train": "extractor.cli.heads:train",
     "predict": "extractor.cli.heads:predict",
     "export": "extractor.cli.heads:export",

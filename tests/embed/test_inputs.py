@@ -176,6 +176,21 @@ def test_search_html_reads_thumbnails_through_the_source_and_says_when_it_cannot
     assert code == 0 and "1 of 3 images could not be read from s3://" in output, output
     assert page.read_text().count('class="missing"') == 1
 
+    # alexfeat serve's thumbnails come through the same source (here its Python path, the service the HTTP API calls)
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from index.serve.service import NotFound, SearchService, ServeConfig
+
+    service = SearchService(ServeConfig(tmp_path / "idx"))
+    try:
+        lookup = service.searcher.dir.lookup
+        ids = dict(zip(lookup.paths, lookup.ids.tolist()))
+        jpeg = service.thumbnail(ids["cats/b b é.jpg"], 64)
+        assert jpeg[:2] == b"\xff\xd8"
+        with pytest.raises(NotFound, match="cannot be read from s3://"):
+            service.thumbnail(ids["cats/a.jpg"], 64)
+    finally:
+        service.close()
+
     # the same page from the local mirror, named with --images-root
     code, output = run(
         "search",
