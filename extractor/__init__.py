@@ -6,7 +6,7 @@ pipeline, the Parquet store and the classifier heads; ``index`` holds FAISS sear
 The Python API, one call per command (names are imported on first use, so ``import extractor`` does not load
 TensorFlow)::
 
-    embed_folder(images_dir, out_dir, weights=None, ...) -> EmbedSummary          # alexfeat embed
+    embed_folder(source, out_dir, weights=None, ...) -> EmbedSummary              # alexfeat embed
     train_head_dir(emb_dir, out_dir, labels="label", ...) -> ClassifierResult    # alexfeat train
     predict_files(head_dir, files, ...) -> iterator of Prediction | PredictError  # alexfeat predict
     predict_dataset(head_dir, emb_dir, top=3) -> list[Prediction]                # alexfeat predict --embeddings

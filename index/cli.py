@@ -237,8 +237,8 @@ def _print_table(results: list[Any], out: Any) -> None:
 @click.option(
     "--images-root",
     default=None,
-    type=click.Path(file_okay=False),
-    help="Folder of the indexed images for --html, when not where the index recorded it.",
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the indexed images for --html, when not where the index recorded it.",
 )
 def search(
     index_dir: str,
@@ -278,8 +278,9 @@ def search(
     if html_file and root is not None:
         from index.html import write_page
 
-        write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
+        thumbs = write_page(results, root, html_file, title=f"alexfeat search: {index_dir}")
         click.echo(f"wrote {html_file}: queries {len(results)}, neighbours {k} each", err=as_json)
+        _unavailable_note(thumbs, root)
 
 
 # ----------------------------------------------------------------------------------------------------- dedup
@@ -304,8 +305,8 @@ def search(
 @click.option(
     "--images-root",
     default=None,
-    type=click.Path(file_okay=False),
-    help="Folder of the embedded images, when not where the embeddings recorded it.",
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the embedded images, when not where the embeddings recorded it.",
 )
 @click.option(
     "-o",
@@ -342,9 +343,20 @@ def dedup(
         from index.verify import images_root as find_images_root
 
         root = find_images_root(read_meta(emb_dir).root, images_root)
-        write_groups_page(report.groups, root, html_file, title=f"alexfeat dedup: {emb_dir}")
+        thumbs = write_groups_page(report.groups, root, html_file, title=f"alexfeat dedup: {emb_dir}")
         click.echo(f"wrote {html_file}: {len(report.groups)} groups")
+        _unavailable_note(thumbs, root)
     click.echo(report.summary(out))
+
+
+def _unavailable_note(thumbs: Any, root: str) -> None:
+    """Say (on stderr) how many images of a page could not be read now, and why the first could not."""
+    if thumbs.missing:
+        click.echo(
+            f"{thumbs.missing} of {len(thumbs.uris)} images could not be read from {root} (shown as placeholders; "
+            f"first: {text_cell(thumbs.first_error)}); --images-root names another copy",
+            err=True,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- serve
@@ -357,8 +369,8 @@ def dedup(
 @click.option(
     "--images-root",
     default=None,
-    type=click.Path(file_okay=False),
-    help="Folder of the indexed images (thumbnails), when not where the index recorded it.",
+    metavar="DIR|URL",
+    help="Folder (or object-store URL) of the indexed images (thumbnails), when not where the index recorded it.",
 )
 @recorded_weights_option
 @click.option(

@@ -1,8 +1,10 @@
 """The results pages: one self-contained HTML file, each search query beside its neighbours with their scores, or
 each group of near-duplicates with each member's score to the group's first.
 
-Thumbnails are inline base64 JPEGs, so the page can be mailed or archived; an image that cannot be read shows
-as a labelled placeholder instead of breaking the page.
+Thumbnails are inline base64 JPEGs, so the page can be mailed or archived. The indexed images are read through
+the dataset's source (``extractor.images.sources.read_stored``: a folder, tar shards, an object store, all the
+page's images in one go); one that cannot be read now (deleted, or the store unreachable) shows as a labelled
+placeholder instead of breaking the page, and the page says how many.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.errors import AlexfeatError
+from extractor.images.sources import read_stored
 from extractor.util.atomic import write_text_atomic
 from index.dedup import Member
 from index.search import Hit, QueryResult
@@ -37,32 +41,58 @@ figcaption { margin-top: 3px; word-break: break-all; } .score { font-weight: bol
 """
 
 
-def thumbnail_jpeg(path: Path, size: int = THUMB_SIZE) -> bytes | None:
-    """A JPEG thumbnail of an image file (EXIF-oriented, at most ``size`` pixels a side), None if it cannot be read."""
+@dataclass
+class Thumbnails:
+    """The page's thumbnails by stored path (None: unavailable), and why the first unavailable one was."""
+
+    uris: dict[str, str | None] = field(default_factory=dict)
+    first_error: str = ""
+
+    @property
+    def missing(self) -> int:
+        return sum(uri is None for uri in self.uris.values())
+
+
+def load_thumbnails(images_root: str, paths: Sequence[str]) -> Thumbnails:
+    """Thumbnails of the stored ``paths`` of a dataset recorded with ``images_root``, read through its source."""
+    unique = list(dict.fromkeys(paths))
+    thumbs = Thumbnails()
+    for path, data in zip(unique, read_stored(images_root, unique)):
+        if isinstance(data, OSError):
+            log.warning("no thumbnail for %s: %s", path, data)
+            thumbs.first_error = thumbs.first_error or f"{path}: {data}"
+            thumbs.uris[path] = None
+        else:
+            thumbs.uris[path] = thumbnail_uri(data, name=path)
+    return thumbs
+
+
+def thumbnail_jpeg(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> bytes | None:
+    """A JPEG thumbnail of an image file or its bytes (EXIF-oriented, at most ``size`` pixels a side), None if it
+    cannot be decoded (``name`` labels the warning)."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size * 2, size * 2))
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            opened.draft("RGB", (size * 2, size * 2))
+            thumb = ImageOps.exif_transpose(opened).convert("RGB")
             thumb.thumbnail((size, size))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", name or (image if isinstance(image, Path) else "<bytes>"), exc)
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
     return buffer.getvalue()
 
 
-def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail of an image file, None if it cannot be read."""
-    jpeg = thumbnail_jpeg(path, size)
+def thumbnail_uri(image: Path | bytes, size: int = THUMB_SIZE, name: str | None = None) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail of an image file or its bytes, None if it cannot be decoded."""
+    jpeg = thumbnail_jpeg(image, size, name)
     return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def _figure(image: Path | None, caption: str, css: str = "") -> str:
-    uri = thumbnail_uri(image) if image is not None else None
-    picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not found</div>'
+def _figure(uri: str | None, caption: str, css: str = "") -> str:
+    picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">image not available</div>'
     return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
@@ -77,18 +107,29 @@ def _query_title(result: QueryResult) -> str:
     return f"id {result.query['id']} · {result.query['path']}"
 
 
-def render_page(results: Sequence[QueryResult], images_root: Path, title: str = "alexfeat search") -> str:
-    """The HTML page for ``results``; indexed images are found under ``images_root``."""
+def render_page(
+    results: Sequence[QueryResult], images_root: str, title: str = "alexfeat search"
+) -> tuple[str, Thumbnails]:
+    """The HTML page for ``results`` and its thumbnails; indexed images are read from ``images_root`` (the
+    dataset's recorded root, a folder or URL)."""
+    stored = [hit.path for result in results for hit in result.hits]
+    stored += [result.query["path"] for result in results if result.image_file is None and "path" in result.query]
+    thumbs = load_thumbnails(images_root, stored)
     sections = []
     for result in results:
-        query_image = result.image_file or (images_root / result.query["path"] if "path" in result.query else None)
-        figures = [_figure(query_image, "query", "query")]
-        figures += [_figure(images_root / hit.path, _hit_caption(hit)) for hit in result.hits]
+        query_uri = (
+            thumbnail_uri(result.image_file)
+            if result.image_file is not None
+            else thumbs.uris.get(result.query.get("path", ""))
+        )
+        figures = [_figure(query_uri, "query", "query")]
+        figures += [_figure(thumbs.uris[hit.path], _hit_caption(hit)) for hit in result.hits]
         sections.append(
             f'<section><h2>{html.escape(_query_title(result))}</h2><div class="row">{"".join(figures)}</div></section>'
         )
-    meta = f"queries: {len(results)}; score = cosine similarity; images from {html.escape(str(images_root))}"
-    return _document(title, meta, sections)
+    unavailable = f"; {thumbs.missing} images not available there now" if thumbs.missing else ""
+    meta = f"queries: {len(results)}; score = cosine similarity; images from {html.escape(images_root)}{unavailable}"
+    return _document(title, meta, sections), thumbs
 
 
 def _document(title: str, meta: str, sections: list[str]) -> str:
@@ -100,22 +141,25 @@ def _document(title: str, meta: str, sections: list[str]) -> str:
     )
 
 
-def render_groups_page(groups: Sequence[Sequence[Member]], images_root: Path, title: str = "alexfeat dedup") -> str:
-    """The HTML page of near-duplicate groups: each group's first member, then the others with their scores."""
+def render_groups_page(
+    groups: Sequence[Sequence[Member]], images_root: str, title: str = "alexfeat dedup"
+) -> tuple[str, Thumbnails]:
+    """The HTML page of near-duplicate groups (each group's first member, then the others with their scores) and
+    its thumbnails, read from ``images_root`` (the dataset's recorded root, a folder or URL)."""
+    thumbs = load_thumbnails(images_root, [m.path for group in groups for m in group])
     sections = []
     for number, group in enumerate(groups, 1):
-        figures = [_figure(images_root / group[0].path, f"first<br>{html.escape(group[0].path)}", "query")]
+        figures = [_figure(thumbs.uris[group[0].path], f"first<br>{html.escape(group[0].path)}", "query")]
         figures += [
-            _figure(images_root / m.path, f'<span class="score">{m.score:.3f}</span><br>{html.escape(m.path)}')
+            _figure(thumbs.uris[m.path], f'<span class="score">{m.score:.3f}</span><br>{html.escape(m.path)}')
             for m in group[1:]
         ]
         sections.append(
             f'<section><h2>group {number}: {len(group)} images</h2><div class="row">{"".join(figures)}</div></section>'
         )
-    meta = (
-        f"groups: {len(groups)}; score = similarity to the group's first; images from {html.escape(str(images_root))}"
-    )
-    return _document(title, meta, sections)
+    unavailable = f"; {thumbs.missing} images not available there now" if thumbs.missing else ""
+    meta = f"groups: {len(groups)}; score = similarity to the group's first; images from {html.escape(images_root)}"
+    return _document(title, meta + unavailable, sections), thumbs
 
 
 def _write(out: str | os.PathLike[str], text: str) -> None:
@@ -126,14 +170,18 @@ def _write(out: str | os.PathLike[str], text: str) -> None:
 
 
 def write_page(
-    results: Sequence[QueryResult], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat search"
-) -> None:
-    """Write the search results page to ``out`` atomically."""
-    _write(out, render_page(results, images_root, title))
+    results: Sequence[QueryResult], images_root: str, out: str | os.PathLike[str], title: str = "alexfeat search"
+) -> Thumbnails:
+    """Write the search results page to ``out`` atomically; returns its thumbnails (how many were unavailable)."""
+    page, thumbs = render_page(results, images_root, title)
+    _write(out, page)
+    return thumbs
 
 
 def write_groups_page(
-    groups: Sequence[Sequence[Member]], images_root: Path, out: str | os.PathLike[str], title: str = "alexfeat dedup"
-) -> None:
-    """Write the near-duplicate groups page to ``out`` atomically."""
-    _write(out, render_groups_page(groups, images_root, title))
+    groups: Sequence[Sequence[Member]], images_root: str, out: str | os.PathLike[str], title: str = "alexfeat dedup"
+) -> Thumbnails:
+    """Write the near-duplicate groups page to ``out`` atomically; returns its thumbnails."""
+    page, thumbs = render_groups_page(groups, images_root, title)
+    _write(out, page)
+    return thumbs

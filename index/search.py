@@ -293,8 +293,9 @@ def _self_first(hits: list[Hit], item_id: int) -> list[Hit]:
     return [replace(h, rank=rank) for rank, h in enumerate(ordered, 1)]
 
 
-def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> Path:
-    """Where the indexed images are: ``override`` or the dataset root recorded in the index."""
+def images_root(searcher: Searcher, override: str | os.PathLike[str] | None = None) -> str:
+    """Where the indexed images are: ``override`` or the dataset root recorded in the index (a folder, the folder
+    of tar shards, or an object-store URL: stored paths are relative to it)."""
     from index.verify import images_root as dataset_images_root
 
     return dataset_images_root(searcher.dir.meta.root, override, "the index")

@@ -23,12 +23,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from extractor.images.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
+from extractor.images.sources import is_url, read_stored
 from extractor.util.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ FINE = 64
 SCALES = (1.0, 0.95, 0.9, 0.85)
 STEP = 0.025
 REFINE_FROM = 0.9
+READ_AHEAD = 64
+"""Images read at once (an object store's concurrently) before they are decoded."""
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of the image
 
@@ -79,9 +81,10 @@ def thumbnail(image: Image.Image, box: Box, size: int) -> np.ndarray:
 
 @dataclass
 class PairVerifier:
-    """Scores pairs of images under ``root`` (given by their relative ``paths``); images are decoded once each."""
+    """Scores pairs of images under ``root`` (given by their stored ``paths``; read through the dataset's source:
+    a folder, tar shards or an object store); images are read and decoded once each."""
 
-    root: Path
+    root: str | os.PathLike[str]
     paths: Sequence[str]
     max_pixels: int = DEFAULT_MAX_PIXELS
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why it could not be decoded
@@ -92,15 +95,24 @@ class PairVerifier:
         recorded in ``unreadable``). Colour is left out: measured, it lowered copies' scores (brightness changes
         clip channels unevenly) more than it separated lookalikes."""
         if row not in self._images:
+            self.load([row])
+        return self._images[row]
+
+    def load(self, rows: Sequence[int]) -> None:
+        """Read the images of ``rows`` not loaded yet, all at once (concurrently from an object store), and decode
+        them."""
+        todo = [row for row in dict.fromkeys(rows) if row not in self._images]
+        for row, data in zip(todo, read_stored(self.root, [self.paths[row] for row in todo])):
             rel = self.paths[row]
             try:
-                pixels = decode_image(self.root / rel, ResizeSpec("squash", BASE), self.max_pixels).pixels
+                if isinstance(data, OSError):
+                    raise DecodeError("unreadable", f"cannot read it: {data}")
+                pixels = decode_image(data, ResizeSpec("squash", BASE), self.max_pixels).pixels
                 self._images[row] = Image.fromarray(pixels).convert("L")
             except DecodeError as exc:
                 self.unreadable[rel] = str(exc)
                 log.warning("cannot verify %s: %s", rel, exc)
                 self._images[row] = None
-        return self._images[row]
 
     def scores(self, a: np.ndarray, b: np.ndarray, progress: bool | None = None) -> np.ndarray:
         """The score of each pair (``a[i]``, ``b[i]``) of rows; NaN where an image cannot be decoded."""
@@ -110,6 +122,8 @@ class PairVerifier:
         readable = np.zeros(len(rows), bool)
         with Progress(len(rows) if len(rows) > 200 else 0, "verify", enabled=progress) as bar:
             for k, row in enumerate(rows.tolist()):
+                if k % READ_AHEAD == 0:
+                    self.load(rows[k : k + READ_AHEAD].tolist())
                 image = self.image(row)
                 if image is not None:
                     whole[k] = thumbnail(image, WHOLE, COARSE)
@@ -158,16 +172,17 @@ def images_root(
     override: str | os.PathLike[str] | None = None,
     recorded_in: str = "the embeddings",
     or_else: str | None = None,
-) -> Path:
+) -> str:
     """Where a dataset's images are: ``override`` or the ``recorded`` root (``recorded_in``: what recorded it, for
-    the message). Otherwise an AlexfeatError naming the way out: ``--images-root``, or ``or_else``."""
+    the message): a folder that must exist, or an object-store URL (not contacted here). Otherwise an
+    AlexfeatError naming the way out: ``--images-root``, or ``or_else``."""
     from extractor.errors import AlexfeatError
 
     way_out = "pass --images-root with the folder that was embedded" + (f" ({or_else})" if or_else else "")
     if override is None and recorded is None:
         raise AlexfeatError(f"{recorded_in} records no images folder (written from Python without one): {way_out}")
-    root = Path(override) if override is not None else Path(str(recorded))
-    if not root.is_dir():
+    root = os.fspath(override) if override is not None else str(recorded)
+    if not is_url(root) and not os.path.isdir(root):
         source = "given with --images-root" if override is not None else f"recorded in {recorded_in}"
         raise AlexfeatError(f"the images folder {root} ({source}) does not exist here: {way_out}")
     return root

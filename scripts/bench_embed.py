@@ -2,6 +2,7 @@
 
     python scripts/bench_embed.py [--small 1000,5000] [--large 200,1000] [--repeats 3] [--workdir DIR]
                                   [--precision float32 bfloat16] [--reference-python PYTHON_WITH_TORCH]
+                                  [--source local|s3]
 
 Writes two kinds of photo-like JPEGs (about 500x375 and 4000x3000), in sets of the sizes asked for, then
 measures in the same run, with ``--arch torchvision --weights random`` (speed does not depend on the weights),
@@ -26,6 +27,12 @@ cores) and one of real size (5,000 and 1,000 files, about a minute each).
 Each row also gives that cost as the whole command's seconds beyond the bound (``extra s``), and the set size
 from which the ratio reaches 0.90 with that cost (``0.90 from``: 9 x extra x bound). With ``--reference-python``,
 the plain PyTorch pipeline of ``torch_reference.py`` runs on the same sets, interleaved, as the baseline to beat.
+
+With ``--source s3`` each set is also uploaded to an S3-compatible server started here on loopback (moto's
+``ThreadedMotoServer``, ``pip install 'moto[server]' s3fs``; it holds the objects in memory, so keep the sets
+small, e.g. ``--small 1000 --large 0``), and each repeat runs the whole command on ``s3://bench/<set>`` right after
+the local run: ``s3/s`` and ``s3/local`` (the ratio per repeat, then the median). The server's own work (Python,
+one thread per request) runs on the same cores as the job, which a real object store's does not.
 """
 
 from __future__ import annotations
@@ -113,7 +120,7 @@ def decode_sample(folder: Path, max_bytes: int = 400 * 2**20) -> list:
     return sample
 
 
-def embed_once(folder: Path, out: Path, batch_size: int, precision: str) -> dict[str, float]:
+def embed_once(folder: Path | str, out: Path, batch_size: int, precision: str) -> dict[str, float]:
     """Seconds of the whole ``alexfeat embed`` command (``whole``), of its job alone (``job``: the summary's wall
     time), and the summary's decode and infer stage seconds."""
     cmd = [
@@ -200,6 +207,9 @@ def measure(extractors: dict, folder: Path, count: int, out: Path, args, workers
                 "decode_s": run["decode_s"],
                 "infer_s": run["infer_s"],
             }
+            if args.source == "s3":
+                s3_whole = embed_once(f"s3://{BUCKET}/{folder.name}", out, args.batch_size, precision)["whole"]
+                row["s3"], row["s3_ratio"] = count / s3_whole, run["whole"] / s3_whole
             if precision == "float32":
                 float32_rate = row["embed"]
             if float32_rate:
@@ -212,6 +222,43 @@ def measure(extractors: dict, folder: Path, count: int, out: Path, args, workers
         medians = {key: statistics.median(row[key] for row in runs) for key in runs[0]}
         result[precision] = {**medians, "lowest": min(row["ratio"] for row in runs)}
     return result
+
+
+BUCKET = "bench"
+
+
+def start_s3():
+    """An S3-compatible server on a free loopback port, reached through AWS_ENDPOINT_URL (the embed commands run
+    as child processes inherit it), with a ``bench`` bucket."""
+    import logging
+    import socket
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    fsspec.filesystem("s3").mkdir(BUCKET)
+    return server
+
+
+def upload(folder: Path) -> None:
+    """The set's files as objects under ``s3://bench/<set>/`` (once per set)."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    if not fs.exists(f"{BUCKET}/{folder.name}"):
+        fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
 
 
 def counts(text: str) -> list[int]:
@@ -227,6 +274,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the test images here between runs")
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--source",
+        choices=["local", "s3"],
+        default="local",
+        help="s3: also embed each set from a loopback S3 server (moto), beside the local run",
+    )
     parser.add_argument(
         "--reference-python",
         default=None,
@@ -251,6 +304,7 @@ def main() -> None:
         f"CPU native bfloat16: {'yes (' + ', '.join(flags) + ')' if flags else 'no'}; "
         f"--precision auto picks {resolve_precision('auto')}"
     )
+    server = start_s3() if args.source == "s3" else None
     import_tensorflow()
     gflops = tf_matmul_gflops(args.precision)
     print("TensorFlow matmul 2048^3: " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in gflops.items()))
@@ -261,10 +315,13 @@ def main() -> None:
         f"{'embed/s':>8} {'embed/bound':>11} {'lowest':>6} {'job/s':>7} {'job/bound':>9} {'decode s':>8} "
         f"{'infer s':>7} {'extra s':>8} {'0.90 from':>9} {'vs f32':>6}"
         + (f" {'torch/s':>8} {'embed/torch':>11}" if args.reference_python else "")
+        + (f" {'s3/s':>7} {'s3/local':>8}" if server else "")
     )
     for name, sizes in (("small", args.small), ("large", args.large)):
         for count in sizes:
             folder = make_set(workdir, name, count)
+            if server:
+                upload(folder)
             results = measure(extractors, folder, count, workdir / f"emb-{name}", args, workers)
             width, height = SETS[name]
             for precision, r in results.items():
@@ -274,11 +331,14 @@ def main() -> None:
                     f"{r['decode']:>9.1f} {r['bound']:>8.1f} {r['embed']:>8.1f} {r['ratio']:>11.2f} "
                     f"{r['lowest']:>6.2f} {r['job']:>7.1f} {r['job_ratio']:>9.2f} {r['decode_s']:>8.1f} "
                     f"{r['infer_s']:>7.1f} {r['extra']:>8.1f} {max(0.0, 9 * r['extra'] * r['bound']):>9.0f} "
-                    f"{r.get('vs_f32', float('nan')):>6.2f}{reference}",
+                    f"{r.get('vs_f32', float('nan')):>6.2f}{reference}"
+                    + (f" {r['s3']:>7.1f} {r['s3_ratio']:>8.2f}" if server else ""),
                     flush=True,
                 )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
+    if server:
+        server.stop()
 
 
 if __name__ == "__main__":

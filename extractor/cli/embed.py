@@ -1,4 +1,5 @@
-"""``alexfeat embed``: image folders → L2-normalised AlexNet embeddings in a Parquet dataset."""
+"""``alexfeat embed``: images (a folder, a manifest, an object store, tar shards) → L2-normalised AlexNet embeddings
+in a Parquet dataset."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from extractor.util.cli_options import output_dir_option, progress_option
 
 
 @click.command()
-@click.argument("images_dir", type=click.Path(file_okay=False))
+@click.argument("source", required=False, metavar="[SOURCE]")
 @output_dir_option("Dataset directory (created; rerunning resumes it).")
 @click.option(
     "--weights",
@@ -99,7 +100,7 @@ from extractor.util.cli_options import output_dir_option, progress_option
     "--follow-outside/--no-follow-outside",
     default=True,
     show_default=True,
-    help="Follow symbolic links whose target lies outside IMAGES_DIR (links inside it are always followed; "
+    help="Follow symbolic links whose target lies outside a SOURCE folder (links inside it are always followed; "
     "loops never are).",
 )
 @click.option(
@@ -130,9 +131,25 @@ from extractor.util.cli_options import output_dir_option, progress_option
     type=click.FloatRange(0.1),
     help="With --engine ray: CPUs reserved by each inference actor (its TensorFlow threads: rounded up).",
 )
+@click.option(
+    "--from-list",
+    "from_list",
+    default=None,
+    metavar="FILE",
+    help="Embed the images FILE lists instead: a text file (one path or URL a line), or a CSV or Parquet file "
+    "with a 'path' column and an optional 'label' column.",
+)
+@click.option(
+    "--root",
+    "list_root",
+    default=None,
+    metavar="DIR|URL",
+    help="With --from-list: where relative paths resolve (default: the list's folder); the stored paths are "
+    "relative to it.",
+)
 @progress_option
 def embed(
-    images_dir: str,
+    source: str | None,
     out_dir: str,
     weights: str | None,
     arch: str | None,
@@ -154,19 +171,32 @@ def embed(
     address: str | None,
     num_actors: int | None,
     cpus_per_actor: float,
+    from_list: str | None,
+    list_root: str | None,
     progress: bool | None,
 ) -> None:
-    """Embed every image under IMAGES_DIR into the Parquet dataset OUT_DIR.
+    """Embed every image of SOURCE into the Parquet dataset OUT_DIR.
+
+    SOURCE is a folder, an object-store prefix (s3://bucket/prefix, gs://..., az://...; credentials and
+    endpoint from the environment, e.g. AWS_PROFILE, AWS_ENDPOINT_URL), or tar shards ('shards/{00000..00099}.tar',
+    'shards/*.tar', or a folder of .tar files); or give --from-list FILE instead.
 
     Reruns embed only new and changed files, with the model the dataset recorded (no options needed). Files that
     cannot be embedded are recorded (list them with `alexfeat errors OUT_DIR`) and never stop the job.
     """
     from extractor.embed.job import embed_folder
+    from extractor.images.sources import open_source
 
     ray_only = {"--address": address, "--num-actors": num_actors, "--cpus-per-actor": cpus_per_actor != 1.5}
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    if (source is None) == (from_list is None):
+        raise click.UsageError("give SOURCE (a folder, URL or tar shards) or --from-list FILE, one of them")
+    if list_root is not None and from_list is None:
+        raise click.UsageError("--root only applies with --from-list")
+    # a missing folder, manifest or shard pattern fails before the model loads
+    images = open_source(source, from_list, list_root, follow_outside)
     from extractor.embed.local import LocalEngine
 
     runner: Any = LocalEngine()
@@ -177,7 +207,7 @@ def embed(
         import_ray()  # not installed: say how, before the model loads
         runner = RayEngine(address, num_actors, cpus_per_actor)
     summary = embed_folder(
-        images_dir,
+        images,
         out_dir,
         weights,
         arch,

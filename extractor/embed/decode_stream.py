@@ -10,6 +10,11 @@ the chunk it lost are decoded again one per process, a file that kills its proce
 on a hostile file) is stopped by the kernel, which ends its process (``SIGPROF``), and recorded as ``timeout``.
 When files keep "crashing" one after another with nothing decoded in between, the cause is the system, not the
 files: the stream stops with :class:`WorkerDied` instead of recording them.
+
+Entries in an object store are fetched here, ahead of the decode processes (:func:`fetched_ahead`: threads, each
+chunk's objects concurrently, ``FETCH_CHUNKS`` chunks in flight), and their bytes travel with the chunk: a decode
+process then never waits on the network, and fetching overlaps both decoding and inference. Local files are read
+by the decode processes themselves.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import signal
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
 from extractor.images.discover import FileEntry
 from extractor.images.file_decoder import Decoded, Failed, FileDecoder
+from extractor.images.sources import is_url, read_entries
 from extractor.parallel.stream import WorkerDied, ordered_map
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,23 @@ MAX_DECODE_SECONDS = 60.0
 
 CRASHES_IN_A_ROW = 8
 """Files in a row that each end a fresh decode process before the system, not the files, is blamed."""
+
+FETCH_THREADS = 4
+FETCH_CHUNKS = 8
+"""Chunks of object-store entries being fetched at once (up to 128 objects in flight), ahead of the decoders."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A chunk of entries with their bytes (or each one's read error), fetched ahead of its decode process."""
+
+    entries: list[FileEntry]
+    data: list[bytes | OSError]
+
+
+def fetched_ahead(tasks: Iterator[list[FileEntry]]) -> Iterator[Fetched]:
+    """Each chunk with its bytes, in order, fetched in ``FETCH_THREADS`` threads ``FETCH_CHUNKS`` chunks ahead."""
+    return ordered_map(lambda chunk: Fetched(chunk, read_entries(chunk)), tasks, FETCH_THREADS, FETCH_CHUNKS)
 
 
 def chunks(
@@ -89,16 +113,18 @@ class CpuLimited:
     decoder: FileDecoder
     seconds: float | None
 
-    def __call__(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
+    def __call__(self, task: list[FileEntry] | Fetched) -> list[Decoded | Failed]:
+        entries, fetched = (task.entries, task.data) if isinstance(task, Fetched) else (task, None)
         if self.seconds is None or not hasattr(signal, "setitimer") or not _in_a_worker_process():
-            return self.decoder.many(entries)
+            return self.decoder.many(entries, fetched)
         Image.init()  # Pillow loads its format plugins once per process: not the file's time
         signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the default action ends the process
+        data, seconds = (fetched, 0.0) if fetched is not None else self.decoder.read(entries)  # not timed
         try:
             results = []
-            for entry in entries:
+            for entry, d in zip(entries, data):
                 signal.setitimer(signal.ITIMER_PROF, self.seconds)
-                results.append(self.decoder(entry))
+                results.append(self.decoder.decode_read(entry, d, seconds))
             return results
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
@@ -113,8 +139,12 @@ def _decode_in_processes(
     limited: CpuLimited, entries: Sequence[FileEntry], workers: int, ahead: int, max_files: int
 ) -> Iterator[Decoded | Failed]:
     done = 0  # files passed on
+    remote = any(is_url(entry.abs_path) for entry in entries)
     while done < len(entries):
-        results = ordered_map(limited, chunks(entries, done, max_files), workers, ahead, processes=True)
+        tasks: Iterator[Any] = chunks(entries, done, max_files)
+        if remote:  # fetched here; the processes' queue stays short so that the first results come soon
+            tasks = fetched_ahead(tasks)
+        results = ordered_map(limited, tasks, workers, min(ahead, 4 * workers) if remote else ahead, processes=True)
         try:
             for chunk in results:
                 yield from chunk
@@ -135,6 +165,8 @@ def _decode_in_processes(
             done += len(lost)
         finally:
             results.close()
+            if isinstance(tasks, Generator):
+                tasks.close()
 
 
 def _ended_its_process(entry: FileEntry, exitcode: int | None, seconds: float | None) -> Failed:

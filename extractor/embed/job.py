@@ -1,9 +1,11 @@
-"""The embed job: discover → plan → decode → infer → write. The job plans and commits; an engine runs the stages.
+"""The embed job: list → plan → decode → infer → write. The job plans and commits; an engine runs the stages.
 
-- :func:`extractor.images.discover.discover` lists the image files;
+- an input source (:mod:`extractor.images.sources`: a folder, a manifest, an object-store prefix, tar shards)
+  lists the images as entries (relative key, label, size, change token, where the bytes are);
 - :func:`extractor.embed.resume.plan_resume` decides which are new or changed;
 - an engine (:class:`extractor.embed.local.LocalEngine`, or :class:`extractor.embed.ray_engine.RayEngine` on a Ray
-  cluster) decodes them (:class:`extractor.images.file_decoder.FileDecoder`: bytes read once, hashed, decoded) and
+  cluster) decodes them (:class:`extractor.images.file_decoder.FileDecoder`: bytes read once through the source,
+  hashed, decoded) and
   embeds batches (:class:`extractor.network.features.FeatureExtractor`), through the shared stages of
   :mod:`extractor.embed.stages`;
 - :class:`extractor.store.DatasetWriter`, held by the job, appends atomic Parquet parts and records per-file errors.
@@ -24,7 +26,8 @@ from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_r
 from extractor.embed.settings import extractor_for
 from extractor.embed.stages import Engine
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.images.discover import FileEntry, discover
+from extractor.images.discover import FileEntry
+from extractor.images.sources import Source, SourceError, open_source
 from extractor.network.features import FeatureExtractor
 from extractor.parallel.stream import usable_cpus
 from extractor.store import EmbeddingMeta, ErrorRecord, open_for_writing, read_errors
@@ -85,9 +88,11 @@ class EmbedSummary:
 
 @dataclass
 class EmbedJob:
-    """One ``alexfeat embed`` run over ``images_dir`` into the dataset ``out_dir``."""
+    """One ``alexfeat embed`` run over ``source`` into the dataset ``out_dir``.
 
-    images_dir: str
+    ``source``: an input source, or what ``open_source`` takes (a folder, ``s3://bucket/prefix``, tar shards)."""
+
+    source: Source | str | os.PathLike[str]
     out_dir: str
     extractor: FeatureExtractor
     batch_size: int = 32
@@ -98,13 +103,22 @@ class EmbedJob:
     prune: bool = False
     retry_errors: bool = False  # also retry files that failed before and have not changed
     overwrite: bool = False
-    follow_outside: bool = True  # follow symbolic links whose target is outside images_dir
+    follow_outside: bool = True  # a folder source: follow symbolic links whose target is outside it
     progress: bool | None = None  # None: a bar on a terminal, periodic log lines otherwise
     engine: Engine = field(default_factory=LocalEngine)  # where decoding and inference run
 
+    def __post_init__(self) -> None:
+        if isinstance(self.source, (str, os.PathLike)):
+            self.source = open_source(self.source, follow_outside=self.follow_outside)
+
+    @property
+    def input(self) -> Source:
+        assert not isinstance(self.source, (str, os.PathLike))  # opened in __post_init__
+        return self.source
+
     def metadata(self) -> EmbeddingMeta:
-        """The extractor's settings with the images root: what the dataset records."""
-        return dataclasses.replace(self.extractor.spec, root=os.path.abspath(self.images_dir))
+        """The extractor's settings with the input's root: what the dataset records."""
+        return dataclasses.replace(self.extractor.spec, root=self.input.root)
 
     def run(self) -> EmbedSummary:
         meta = self.metadata()
@@ -112,13 +126,9 @@ class EmbedJob:
         start = time.perf_counter()
         timer = summary.stages
         with open_for_writing(self.out_dir, meta, overwrite=self.overwrite, rows_per_part=self.rows_per_part) as writer:
-            unlisted: list[ErrorRecord] = []  # folders that could not be listed: recorded, the job goes on
+            unlisted: list[ErrorRecord] = []  # what could not be listed (a folder, a missing file): recorded
             with timer("discover"):
-                entries = list(
-                    discover(
-                        self.images_dir, lambda rel, exc: unlisted.append(_unlisted(rel, exc)), self.follow_outside
-                    )
-                )
+                entries = list(self.input.list(lambda rel, exc: unlisted.append(_unlisted(rel, exc))))
             summary.discovered = len(entries)
             with timer("plan"):
                 plan = self._plan(entries)
@@ -147,7 +157,7 @@ class EmbedJob:
 
 
 def embed_folder(
-    images_dir: str | os.PathLike[str],
+    source: Source | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     weights: str | None = None,
     arch: str | None = None,
@@ -158,8 +168,10 @@ def embed_folder(
     precision: str = "auto",
     **options: Any,
 ) -> EmbedSummary:
-    """Embed every image under ``images_dir`` into the dataset ``out_dir`` (created; a rerun embeds only new and
-    changed files), as ``alexfeat embed`` does.
+    """Embed every image of ``source`` into the dataset ``out_dir`` (created; a rerun embeds only new and
+    changed files), as ``alexfeat embed`` does. ``source``: a folder, an object-store URL (``s3://bucket/prefix``),
+    tar shards (``"shards/{00000..00099}.tar"``), or a source object (``ManifestSource("list.csv")`` for
+    ``--from-list``; see :mod:`extractor.images.sources`).
 
     ``weights``: ``"imagenet"``, a weights file or ``"random"`` (default: ``$ALEXFEAT_WEIGHTS`` or imagenet);
     ``arch``, ``layer``, ``pooling``, ``resize``, ``tta``: as :class:`FeatureExtractor` takes them (default: pool5,
@@ -172,14 +184,19 @@ def embed_folder(
     ``engine``: ``LocalEngine()`` or ``RayEngine(...)``). It
     starts decode processes: call it under ``if __name__ == "__main__":`` in a script.
     """
-    next(iter(discover(images_dir)), None)  # a missing or unreadable folder fails before the model loads
+    if isinstance(source, (str, os.PathLike)):  # a missing folder or shard pattern fails before the model loads
+        source = open_source(source, follow_outside=options.get("follow_outside", True))
     extractor = extractor_for(
         out_dir, weights, arch, layer, pooling, resize, tta, precision, overwrite=options.get("overwrite", False)
     )
-    return EmbedJob(os.fspath(images_dir), os.fspath(out_dir), extractor, **options).run()
+    return EmbedJob(source, os.fspath(out_dir), extractor, **options).run()
 
 
 def _unlisted(rel_path: str, exc: OSError) -> ErrorRecord:
-    """The error record of a folder that could not be listed (or a file that could not be stat'ed)."""
+    """The error record (without size: made again by each listing) of what a source could not list: a folder, a
+    file that could not be stat'ed, a manifest's missing file, the rest of a truncated tar shard."""
+    if isinstance(exc, SourceError):
+        log.warning("skipping %s: %s", rel_path, exc.message)
+        return ErrorRecord(rel_path, exc.kind, exc.message)
     log.warning("skipping %s: %s", rel_path, exc.strerror or exc)
     return ErrorRecord(rel_path, "unreadable", f"cannot list or stat it: {exc.strerror or exc}")

@@ -13,7 +13,8 @@ parts. In between, Ray Data runs the shared stages:
 - the driver turns each embedded batch into rows and error records (``stages.commit``); the embedding column is
   built as ``fixed_size_list<float32>`` by ``store.to_table``, never Ray's tensor extension type.
 
-Images must be readable at the same absolute paths on every node (a shared file system), as must a weights file.
+Images must be readable from every node: at the same absolute paths (a shared file system), or from an object
+store (``s3://``...: each node then needs fsspec's package and credentials); so must a weights file.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def decode_batch(batch: Columns, resize: str, max_pixels: int) -> Columns:
     """A Ray decode task: entries (``entry_columns``) → ``decode_columns`` (pixels, or each file's error)."""
     spec = ResizeSpec.parse(resize)
     decoder = FileDecoder(spec, max_pixels)
-    return decode_columns([decoder(entry) for entry in entries_of(batch)], spec.output_size)
+    return decode_columns(decoder.many(entries_of(batch)), spec.output_size)
 
 
 class Embedder:

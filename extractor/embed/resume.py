@@ -1,6 +1,7 @@
 """What a rerun of ``alexfeat embed`` must do: which files to embed, which old rows to drop.
 
-Rules (docs/design.md): a file whose path is in the dataset with the same size and mtime is unchanged. With another
+Rules (docs/design.md): a file whose path is in the dataset with the same size and mtime (the change token: an
+object's is derived from its listing) is unchanged. With another
 size it changed (bytes of another length cannot have the same sha256, so it is not hashed); with the same size
 and another mtime its sha256 decides: the same content keeps its row (and the row's size/mtime are refreshed, so
 the file is not hashed again next time), other content is embedded again and its old row dropped. New paths are
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from extractor.images.sources import entry_sha256
 from extractor.store import Dataset, DatasetWriter, list_parts, load_dataset
-from extractor.util.hashing import file_sha256
 
 if TYPE_CHECKING:
     from extractor.images.discover import FileEntry
@@ -60,11 +61,12 @@ def plan_resume(
     entries: Iterable[FileEntry],
     existing: Dataset | None,
     prune: bool,
-    hash_file: Callable[[str], bytes] = file_sha256,
+    hash_entry: Callable[[FileEntry], bytes] = entry_sha256,
     errors: pa.Table | None = None,
     retry_errors: bool = False,
 ) -> ResumePlan:
-    """Compare the files found now (``entries``) with the dataset's rows and the earlier error records."""
+    """Compare the files found now (``entries``, from any source) with the dataset's rows and the earlier error
+    records; ``hash_entry`` reads a file whose size is the same and change token is not (through its source)."""
     plan = ResumePlan()
     rows: dict[str, int] = {}
     ids = sizes = mtimes = np.empty(0, np.int64)
@@ -103,7 +105,7 @@ def plan_resume(
             candidates.append(entry)
 
     kept: set[str] = set()
-    for (entry, row), digest in zip(to_hash, _hash_all([e.abs_path for e, _ in to_hash], hash_file)):
+    for (entry, row), digest in zip(to_hash, _hash_all([e for e, _ in to_hash], hash_entry)):
         if digest is not None and digest == digests[row]:
             plan.touched += 1
             plan.unchanged += 1
@@ -136,16 +138,16 @@ def _changed(plan: ResumePlan, row_id: int) -> None:
     plan.drop_ids.append(row_id)
 
 
-def _hash_all(paths: list[str], hash_file: Callable[[str], bytes]) -> list[bytes | None]:
-    """sha256 of each path (None where it cannot be read), a few files at a time (hashlib releases the GIL)."""
+def _hash_all(entries: list[FileEntry], hash_entry: Callable[[FileEntry], bytes]) -> list[bytes | None]:
+    """sha256 of each entry (None where it cannot be read), a few at a time (hashlib releases the GIL)."""
 
-    def one(path: str) -> bytes | None:
+    def one(entry: FileEntry) -> bytes | None:
         try:
-            return hash_file(path)
+            return hash_entry(entry)
         except OSError:
             return None
 
-    if len(paths) < 2:
-        return [one(path) for path in paths]
+    if len(entries) < 2:
+        return [one(entry) for entry in entries]
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        return list(pool.map(one, paths))
+        return list(pool.map(one, entries))

@@ -15,23 +15,22 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from extractor.images.batches import Columns, failures_of
-from extractor.images.discover import FileEntry, label_of
+from extractor.images.discover import FileEntry
 from extractor.store import DatasetWriter, ErrorRecord
 
 if TYPE_CHECKING:
     from extractor.embed.job import EmbedJob, EmbedSummary
 
-ROW_COLUMNS = ("path", "sha256", "size", "mtime_ns", "width", "height", "embedding")
-"""The columns of an embedded batch that rows are made of (the label comes from the path)."""
+ROW_COLUMNS = ("path", "label", "sha256", "size", "mtime_ns", "width", "height", "embedding")
+"""The columns of an embedded batch that rows are made of (the label is the entry's, from its source)."""
 
 
 def rows_of(columns: Columns) -> dict[str, object]:
     """The dataset rows of the batch's files that decoded (``to_table`` input; ids derive from the paths)."""
     ok = np.asarray(columns["ok"], bool)
     rows: dict[str, object] = {name: np.asarray(columns[name])[ok] for name in ROW_COLUMNS}
-    paths = [str(p) for p in np.asarray(columns["path"])[ok]]
-    rows["path"] = paths
-    rows["label"] = [label_of(p) for p in paths]
+    rows["path"] = [str(p) for p in np.asarray(columns["path"])[ok]]
+    rows["label"] = [None if label is None else str(label) for label in np.asarray(columns["label"])[ok]]
     return rows
 
 

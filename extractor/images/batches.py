@@ -25,10 +25,23 @@ from extractor.parallel.stream import batched
 Columns = dict[str, np.ndarray]
 """A batch as named numpy columns of equal length."""
 
-ENTRY_COLUMNS = ("path", "abs_path", "size", "mtime_ns")
-"""An entry to embed: relative key, where its bytes are, size and change token (mtime_ns)."""
+ENTRY_COLUMNS = ("path", "abs_path", "size", "mtime_ns", "label", "offset")
+"""An entry to embed: relative key, where its bytes are (a path or URL; ``offset`` -1: all of it, else a byte
+range), size, change token (mtime_ns) and label."""
 
-DECODED_COLUMNS = ("path", "size", "mtime_ns", "ok", "sha256", "width", "height", "error", "message", "seconds")
+DECODED_COLUMNS = (
+    "path",
+    "label",
+    "size",
+    "mtime_ns",
+    "ok",
+    "sha256",
+    "width",
+    "height",
+    "error",
+    "message",
+    "seconds",
+)
 """A decoded batch: the entry, whether it decoded, what the dataset records, the error of a failed file, and
 ``pixels`` (uint8, zeros where it failed) until the model has run."""
 
@@ -40,15 +53,22 @@ def entry_columns(entries: Sequence[FileEntry]) -> Columns:
         "abs_path": np.array([e.abs_path for e in entries], dtype=object),
         "size": np.array([e.size for e in entries], np.int64),
         "mtime_ns": np.array([e.mtime_ns for e in entries], np.int64),
+        "label": np.array([e.label for e in entries], dtype=object),
+        "offset": np.array([-1 if e.offset is None else e.offset for e in entries], np.int64),
     }
 
 
 def entries_of(columns: Columns) -> list[FileEntry]:
     """The entries in ``entry_columns`` form."""
     return [
-        FileEntry(str(path), str(abs_path), int(size), int(mtime))
-        for path, abs_path, size, mtime in zip(
-            columns["path"], columns["abs_path"], columns["size"].tolist(), columns["mtime_ns"].tolist()
+        FileEntry(str(path), str(abs_path), int(size), int(mtime), None if label is None else str(label), offset)
+        for path, abs_path, size, mtime, label, offset in zip(
+            columns["path"],
+            columns["abs_path"],
+            columns["size"].tolist(),
+            columns["mtime_ns"].tolist(),
+            columns["label"],
+            [None if o < 0 else o for o in columns["offset"].tolist()],
         )
     ]
 
@@ -72,6 +92,7 @@ def decode_columns(results: Sequence[Decoded | Failed], input_size: int) -> Colu
             error[i], message[i] = result.error, result.message
     return {
         "path": np.array([r.entry.path for r in results], dtype=object),
+        "label": np.array([r.entry.label for r in results], dtype=object),
         "size": np.array([r.entry.size for r in results], np.int64),
         "mtime_ns": np.array([r.entry.mtime_ns for r in results], np.int64),
         "ok": ok,

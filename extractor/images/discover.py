@@ -1,4 +1,5 @@
-"""Walk an image tree: recursive, sorted, symlinks followed without loops, hidden entries skipped.
+"""The folder source's walk of an image tree: recursive, sorted, symlinks followed without loops, hidden entries
+skipped.
 
 Files are chosen by extension only (``IMAGE_EXTENSIONS``, any case); their content decides later whether they are
 images (``extractor.images.decode``). Other files are ignored, not errors.
@@ -23,12 +24,20 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", "
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One candidate image file, with the size and modification time used to detect changes."""
+    """One image to embed, from any input source (``extractor.images.sources``): its relative key, where its bytes
+    are, its size and a change token.
 
-    path: str  # relative to the root, '/'-separated, UTF-8 (see ``stored_name``)
+    ``abs_path`` is a local path or a URL (``s3://bucket/key``); ``offset`` None means the whole file or object,
+    an int that the entry is ``size`` bytes from that offset of it (a member of a tar shard). ``mtime_ns`` is the
+    change token: the file's mtime, or one derived from an object's ETag and time (see ``change_token``).
+    """
+
+    path: str  # relative to the root, '/'-separated, UTF-8 (see ``stored_name``): the id derives from it
     abs_path: str
     size: int
     mtime_ns: int
+    label: str | None = None
+    offset: int | None = None
 
 
 OnError = Callable[[str, OSError], None]
@@ -80,7 +89,7 @@ def _walk(
                 on_error(rel, exc)
             continue
         if not is_dir:
-            yield FileEntry(path=rel, abs_path=abs_path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            yield FileEntry(rel, abs_path, st.st_size, st.st_mtime_ns, label_of(rel))
             continue
         key = (st.st_dev, st.st_ino)
         if key in visited:

@@ -2,7 +2,8 @@
 
 Kept free of TensorFlow, pyarrow and the rest of the job so that decode worker processes start in a fraction of a
 second (they import this module, Pillow and NumPy only). The stages are split so that other engines and sources
-reuse them: ``read_bytes`` (an entry's bytes), ``FileDecoder.decode`` (bytes → sha256 + pixels, or a ``Failed``
+reuse them: ``FileDecoder.read`` (entries' bytes from any input source, ``extractor.images.sources``: local files,
+object stores, tar members), ``FileDecoder.decode`` (bytes → sha256 + pixels, or a ``Failed``
 record: the one error type of every decode). ``decode_inputs`` decodes paths or bytes in threads, for queries and
 predictions.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from extractor.images.decode import DEFAULT_MAX_PIXELS, DecodeError, ResizeSpec, decode_image
 from extractor.images.discover import FileEntry
+from extractor.images.sources.base import SourceError, read_entries
 from extractor.parallel.stream import ordered_map
 
 
@@ -45,12 +47,6 @@ class Failed:
     seconds: float
 
 
-def read_bytes(entry: FileEntry) -> bytes:
-    """The bytes of an entry, read once (a local or shared file system; other sources read their own way)."""
-    with open(entry.abs_path, "rb") as fh:
-        return fh.read()
-
-
 class FileDecoder:
     """Read a file once, hash its bytes, decode them to RGB uint8 at the input size."""
 
@@ -59,12 +55,23 @@ class FileDecoder:
         self.max_pixels = max_pixels
 
     def __call__(self, entry: FileEntry) -> Decoded | Failed:
+        return self.many([entry])[0]
+
+    @staticmethod
+    def read(entries: list[FileEntry]) -> tuple[list[bytes | OSError], float]:
+        """The entries' bytes (or each one's read error), fetched together (an object store's concurrently),
+        and the seconds that took per entry."""
         start = time.perf_counter()
-        try:
-            data = read_bytes(entry)
-        except OSError as exc:
-            return Failed(entry, "unreadable", f"cannot read file: {exc.strerror or exc}", time.perf_counter() - start)
-        return self.decode(entry, data, start)
+        data = read_entries(entries)
+        return data, (time.perf_counter() - start) / max(1, len(entries))
+
+    def decode_read(self, entry: FileEntry, data: bytes | OSError, seconds: float = 0.0) -> Decoded | Failed:
+        """``decode`` of what ``read`` gave for ``entry`` (a read error becomes its ``Failed`` record)."""
+        if isinstance(data, SourceError):
+            return Failed(entry, data.kind, data.message, seconds)
+        if isinstance(data, OSError):
+            return Failed(entry, "unreadable", f"cannot read it: {data.strerror or data}", seconds)
+        return self.decode(entry, data, time.perf_counter() - seconds)
 
     def decode(self, entry: FileEntry, data: bytes, start: float | None = None) -> Decoded | Failed:
         """sha256 and decode of ``entry``'s bytes (the stage that needs no file system)."""
@@ -76,9 +83,11 @@ class FileDecoder:
         digest = hashlib.sha256(data).digest()
         return Decoded(entry, image.pixels, image.width, image.height, digest, time.perf_counter() - start)
 
-    def many(self, entries: list[FileEntry]) -> list[Decoded | Failed]:
-        """Decode a chunk of files (one task for a worker process: fewer, larger messages)."""
-        return [self(entry) for entry in entries]
+    def many(self, entries: list[FileEntry], data: list[bytes | OSError] | None = None) -> list[Decoded | Failed]:
+        """Read (unless ``data`` holds what was read already) and decode a chunk of files (one task for a worker
+        process: fewer, larger messages)."""
+        data, seconds = self.read(entries) if data is None else (data, 0.0)
+        return [self.decode_read(entry, d, seconds) for entry, d in zip(entries, data)]
 
     def one_input(self, item: ImageInput, name: str | None = None) -> Decoded | Failed:
         """Decode a path or the bytes of an image (a query, an upload); ``name`` labels bytes (default

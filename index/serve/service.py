@@ -13,7 +13,6 @@ import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,8 +90,9 @@ class SearchService:
         )
         self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
 
-    def _find_images_root(self, override: str | os.PathLike[str] | None) -> Path | None:
-        """The images folder for thumbnails; None (with a warning) when the recorded one is not on this machine."""
+    def _find_images_root(self, override: str | os.PathLike[str] | None) -> str | None:
+        """Where thumbnails are read from (a folder, shards' folder or object-store URL, through the dataset's
+        source); None (with a warning) when the recorded folder is not on this machine."""
         if override is not None:
             return images_root(self.searcher, override)  # a wrong --images-root is an error
         try:
@@ -176,7 +176,10 @@ class SearchService:
         return out
 
     def _thumbnail(self, item_id: int, size: int) -> bytes:
-        """A JPEG of an indexed image, at most ``size`` pixels a side; only files of the index are opened."""
+        """A JPEG of an indexed image, at most ``size`` pixels a side, read through the dataset's source (a folder,
+        a tar shard's member, an object); only images of the index are read. An image the source cannot give now
+        (deleted, the store unreachable) is NotFound with the reason."""
+        from extractor.images.sources import read_stored
         from index.html import thumbnail_jpeg
 
         if not THUMB_SIZES[0] <= size <= THUMB_SIZES[1]:
@@ -187,7 +190,12 @@ class SearchService:
             raise NotFound(f"id {item_id} is not in the index")
         if self.images_root is None:
             raise NotFound("the images folder recorded in the index is not on this machine: restart with --images-root")
-        jpeg = thumbnail_jpeg(self.images_root / lookup.paths[pos], size)
+        (data,) = read_stored(self.images_root, [lookup.paths[pos]])
+        if isinstance(data, OSError):
+            raise NotFound(
+                f"the image of id {item_id} ({lookup.paths[pos]}) cannot be read from {self.images_root}: {data}"
+            )
+        jpeg = thumbnail_jpeg(data, size, name=lookup.paths[pos])
         if jpeg is None:
             raise NotFound(f"the image of id {item_id} ({lookup.paths[pos]}) cannot be read under {self.images_root}")
         return jpeg

@@ -11,6 +11,7 @@ import pytest
 
 from extractor.embed.resume import apply_plan, load_existing, plan_resume
 from extractor.images.discover import FileEntry, discover
+from extractor.images.sources import entry_sha256
 from extractor.store import ErrorRecord, load_dataset, open_for_writing, path_id, read_errors
 from extractor.util.hashing import file_sha256
 from tests.storedata import make_meta, make_rows
@@ -19,14 +20,14 @@ T0 = 1_600_000_000_000_000_000  # a fixed mtime (ns), so tests do not depend on 
 
 
 class CountingHash:
-    """``file_sha256`` that remembers which files it read."""
+    """``entry_sha256`` that remembers which files it read."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
 
-    def __call__(self, path: str) -> bytes:
-        self.paths.append(path)
-        return file_sha256(path)
+    def __call__(self, entry: FileEntry) -> bytes:
+        self.paths.append(entry.abs_path)
+        return entry_sha256(entry)
 
 
 def put(root: Path, rel: str, data: bytes, mtime_ns: int = T0) -> None:
@@ -48,12 +49,12 @@ def embed(out: Path, entries: list[FileEntry]) -> None:
         writer.add(rows)
 
 
-def rerun(root: Path, out: Path, prune: bool = False, hash_file=file_sha256, retry_errors: bool = False):
+def rerun(root: Path, out: Path, prune: bool = False, hash_entry=entry_sha256, retry_errors: bool = False):
     return plan_resume(
         discover(root),
         load_existing(out),
         prune=prune,
-        hash_file=hash_file,
+        hash_entry=hash_entry,
         errors=read_errors(out),
         retry_errors=retry_errors,
     )
@@ -97,7 +98,7 @@ def test_an_unchanged_tree_needs_nothing_and_reads_no_file(tmp_path: Path) -> No
         put(root, name, name.encode())
     embed(out, list(discover(root)))
     hashes = CountingHash()
-    plan = rerun(root, out, prune=True, hash_file=hashes)
+    plan = rerun(root, out, prune=True, hash_entry=hashes)
     assert (plan.to_embed, plan.unchanged, plan.drop_ids, plan.vanished) == ([], 2, [], 0)
     assert hashes.paths == []
 
@@ -105,7 +106,7 @@ def test_an_unchanged_tree_needs_nothing_and_reads_no_file(tmp_path: Path) -> No
 def test_new_changed_touched_and_vanished_files(tree: tuple[Path, Path]) -> None:
     root, out = tree
     hashes = CountingHash()
-    plan = rerun(root, out, hash_file=hashes)
+    plan = rerun(root, out, hash_entry=hashes)
     assert [e.path for e in plan.to_embed] == ["cls/c.jpg", "cls/d.jpg", "new/e.jpg"]  # in walk order
     assert (plan.new, plan.changed, plan.touched, plan.unchanged, plan.vanished) == (1, 2, 1, 2, 1)
     assert sorted(plan.drop_ids) == sorted([path_id("cls/c.jpg"), path_id("cls/d.jpg")])  # a.jpg stays
@@ -134,17 +135,17 @@ def test_applying_a_plan_then_embedding_makes_the_next_rerun_a_no_op(tree: tuple
     b = data.paths.index("cls/b.jpg")
     assert (data.size[b], data.mtime_ns[b]) == (len(b"photo b"), T0 + 1)  # refreshed: not hashed again
     hashes = CountingHash()
-    again = rerun(root, out, prune=True, hash_file=hashes)
+    again = rerun(root, out, prune=True, hash_entry=hashes)
     assert (again.to_embed, again.drop_ids, again.unchanged, hashes.paths) == ([], [], 5, [])
 
 
 def test_a_file_that_cannot_be_read_for_hashing_is_embedded_again(tree: tuple[Path, Path]) -> None:
     root, out = tree
 
-    def unreadable(path: str) -> bytes:
-        raise PermissionError(13, "Permission denied", path)
+    def unreadable(entry: FileEntry) -> bytes:
+        raise PermissionError(13, "Permission denied", entry.abs_path)
 
-    plan = rerun(root, out, hash_file=unreadable)
+    plan = rerun(root, out, hash_entry=unreadable)
     assert [e.path for e in plan.to_embed] == ["cls/b.jpg", "cls/c.jpg", "cls/d.jpg", "new/e.jpg"]
     assert path_id("cls/b.jpg") in plan.drop_ids and plan.stats_updates == {}
 

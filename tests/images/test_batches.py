@@ -7,7 +7,7 @@ import pytest
 
 from extractor.images.batches import apply_model, decode_columns, entries_of, entry_columns, map_images
 from extractor.images.decode import ResizeSpec, decode_image
-from extractor.images.discover import FileEntry
+from extractor.images.discover import FileEntry, label_of
 from extractor.images.file_decoder import FileDecoder
 from extractor.store import to_table
 from tests.imagefiles import make_photo, make_text_file, make_truncated_jpeg
@@ -53,7 +53,8 @@ def test_decoded_columns_round_trip_entries_and_become_store_rows(tmp_path):
     make_photo(tmp_path / "cats" / "a.jpg", (80, 60))
     make_text_file(tmp_path / "b.jpg")
     entries = [
-        FileEntry(rel, str(tmp_path / rel), (tmp_path / rel).stat().st_size, 1) for rel in ("cats/a.jpg", "b.jpg")
+        FileEntry(rel, str(tmp_path / rel), (tmp_path / rel).stat().st_size, 1, label_of(rel))
+        for rel in ("cats/a.jpg", "b.jpg")
     ]
     assert entries_of(entry_columns(entries)) == entries
     decoder = FileDecoder(RESIZE)

@@ -43,7 +43,7 @@ def test_entries_carry_size_and_mtime_of_the_file(tmp_path: Path) -> None:
     photo = files.make_photo(tmp_path / "cats" / "a.jpg", (64, 48))
     os.utime(photo, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     (entry,) = discover(tmp_path)
-    assert entry == FileEntry("cats/a.jpg", str(photo), photo.stat().st_size, 1_600_000_000_123_456_789)
+    assert entry == FileEntry("cats/a.jpg", str(photo), photo.stat().st_size, 1_600_000_000_123_456_789, "cats")
 
 
 def test_order_is_code_point_order_of_the_whole_relative_path(tmp_path: Path) -> None:

@@ -84,10 +84,10 @@ def test_the_decode_stage_falls_back_to_threads_with_its_cpu_limit_off(tmp_path,
 class CrashingDecoder(FileDecoder):
     """Ends its process on files named ``crash*``: stands in for a file that kills an image library."""
 
-    def __call__(self, entry: FileEntry) -> Decoded | Failed:
+    def decode_read(self, entry: FileEntry, data: bytes | OSError, seconds: float = 0.0) -> Decoded | Failed:
         if Path(entry.path).name.startswith("crash"):
             os._exit(70)
-        return super().__call__(entry)
+        return super().decode_read(entry, data, seconds)
 
 
 def test_a_file_that_kills_its_decode_process_is_recorded_and_the_rest_decode(tmp_path):
