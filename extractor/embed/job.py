@@ -26,7 +26,7 @@ from extractor.embed.resume import ResumePlan, apply_plan, load_existing, plan_r
 from extractor.embed.settings import extractor_for
 from extractor.embed.stages import Engine
 from extractor.images.decode import DEFAULT_MAX_PIXELS
-from extractor.images.discover import FileEntry
+from extractor.images.discover import IMAGE_EXTENSIONS, FileEntry
 from extractor.images.sources import Source, SourceError, open_source
 from extractor.network.features import FeatureExtractor
 from extractor.parallel.stream import usable_cpus
@@ -71,6 +71,9 @@ class EmbedSummary:
     def lines(self, out_dir: str | None = None) -> list[str]:
         """The summary to print: one short line for a run with nothing to do, else counts and times."""
         known = f" (+{self.skipped_errors} known errors skipped)" if self.skipped_errors else ""
+        if not (self.changed or self.discovered or self.unchanged or self.skipped_errors):
+            kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+            return [f"found no images (files ending {kinds}, any case), nothing to embed: check the input"]
         if not self.changed:
             return [f"up to date: unchanged {self.unchanged}{known}, nothing to embed"]
         where = f" (list them: alexfeat errors {out_dir})" if self.errors and out_dir else ""

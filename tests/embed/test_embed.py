@@ -239,6 +239,16 @@ def test_errors_of_a_missing_or_clean_dataset(tmp_path):
     assert clean.exit_code == 0 and json.loads(clean.stdout) == []
 
 
+def test_a_folder_without_images_says_so_instead_of_up_to_date(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    for folder in ("empty", "notes"):
+        code, output = embed(str(tmp_path / folder), "-o", str(tmp_path / f"emb_{folder}"), *RANDOM)
+        assert code == 0 and output.startswith("found no images (files ending .bmp .gif .jpeg .jpg"), output
+        assert "up to date" not in output
+
+
 def test_second_job_on_the_same_output_is_refused(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 1)
