@@ -53,13 +53,27 @@ class LazyGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+class _LogFormatter(logging.Formatter):
+    """``warning: message`` by default, as the commands print their own warnings; with ``-v``, time and module."""
+
+    def __init__(self, detailed: bool) -> None:
+        super().__init__("%(asctime)s %(name)s %(levelname)s: %(message)s" if detailed else "%(message)s")
+        self.detailed = detailed
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if self.detailed else f"{record.levelname.lower()}: {text}"
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="alexfeat")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """ImageNet-pretrained AlexNet embeddings: embed image folders, search them, train heads."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter(detailed=verbose > 0))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)

@@ -467,3 +467,13 @@ def test_auto_precision_is_reported_and_an_unknown_one_refused(tmp_path):
     assert code == 0 and "precision " in output and "(auto: " in output, output
     code, output = embed(str(images), "-o", str(tmp_path / "emb2"), *RANDOM, "--precision", "half")
     assert code == 2 and "'half' is not one of 'auto', 'float32', 'bfloat16'" in output
+
+
+def test_warnings_read_like_the_commands_own_and_verbose_adds_time_and_module(tmp_path):
+    (tmp_path / "list.txt").write_text("gone/x.jpg\n")
+    cli = [sys.executable, "-m", "extractor.cli"]
+    args = ["embed", "--from-list", str(tmp_path / "list.txt"), *RANDOM]
+    plain = subprocess.run([*cli, *args, "-o", str(tmp_path / "a")], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and plain.stderr.startswith("warning: skipping gone/x.jpg: listed in the manifest")
+    verbose = subprocess.run([*cli, "-v", *args, "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert verbose.returncode == 0 and " extractor.embed.job WARNING: skipping gone/x.jpg" in verbose.stderr
