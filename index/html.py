@@ -59,7 +59,7 @@ def load_thumbnails(images_root: str, paths: Sequence[str]) -> Thumbnails:
     thumbs = Thumbnails()
     for path, data in zip(unique, read_stored(images_root, unique)):
         if isinstance(data, OSError):
-            log.warning("no thumbnail for %s: %s", path, data)
+            log.info("no thumbnail for %s: %s", path, data)  # the command prints how many, and the first
             thumbs.first_error = thumbs.first_error or f"{path}: {data}"
             thumbs.uris[path] = None
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -120,7 +121,9 @@ def test_search_html_is_one_self_contained_page_with_thumbnails(
     assert data.paths[1] in text and "1.000" in text
 
 
-def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_search_html_with_a_moved_images_folder(
+    collection: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, emb, index_dir = collection
     data = load_dataset(emb, embeddings=False)
     page = tmp_path / "results.html"
@@ -136,6 +139,8 @@ def test_search_html_with_a_moved_images_folder(collection: tuple[Path, Path, Pa
     )
     assert code == 0, output
     assert page.read_text().count('class="missing"') == 2  # the query and its own first hit
+    assert f"1 of 2 images could not be read from {moved} (shown as placeholders; first: {data.paths[3]}" in output
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # that one note, no line per image
 
 
 def test_search_html_of_embeddings_written_without_a_root_needs_images_root(
