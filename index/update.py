@@ -89,6 +89,13 @@ def add_to_index(
             f"{emb_dir} was embedded with other model settings than the index {index_dir} (index != dataset)",
             hint="Embed the images with the index's model, or build a new index from this dataset",
         )
+        if current.meta.root and dataset.meta.root and current.meta.root != dataset.meta.root:
+            raise IndexDirError(  # its paths would be read under the index's root, and equal paths share an id
+                f"{emb_dir} was embedded from {dataset.meta.root}, the index {index_dir} from {current.meta.root}; "
+                f"`index add` takes the index's own dataset after a rerun of `alexfeat embed`. If the images moved, "
+                f"build the index again (`alexfeat index build {emb_dir} -o {index_dir}`); for another "
+                f"collection, build its own index (`alexfeat index build {emb_dir} -o NEW_INDEX`)"
+            )
         pos = current.lookup.positions(dataset.ids)
         known = pos >= 0
         changed = known.copy()

@@ -121,6 +121,17 @@ def test_add_from_another_models_dataset_is_refused(base: Path, tmp_path: Path) 
     assert (tmp_path / "idx" / "index.json").read_text() == before
 
 
+def test_add_from_a_dataset_of_another_images_folder_is_refused(base: Path, tmp_path: Path) -> None:
+    """Its paths would be read under the index's folder, and a path both folders hold would replace the other."""
+    build_index_dir(base, tmp_path / "idx", augment=0)
+    before = (tmp_path / "idx" / "index.json").read_text()
+    other = tmp_path / "other"
+    write_dataset(other, paths_for(20), clustered(20), meta=make_meta(DIM, root="/elsewhere/photos"))
+    with pytest.raises(AlexfeatError, match="embedded from /elsewhere/photos, the index .* from images; .*index build"):
+        add_to_index(tmp_path / "idx", other)
+    assert (tmp_path / "idx" / "index.json").read_text() == before
+
+
 def test_remove_with_an_unknown_id_or_path_changes_nothing(base: Path, tmp_path: Path) -> None:
     build_index_dir(base, tmp_path / "idx", augment=0)
     known = int(load_dataset(base, embeddings=False).ids[0])
