@@ -115,6 +115,15 @@ class DatasetWriter:
                 f"{self.out_dir} already holds embeddings made with other settings (existing != new)",
                 hint="Use --overwrite to replace them, or choose another output directory",
             )
+            if existing.root and self.meta.root and existing.root != self.meta.root:  # paths are relative to it
+                log.warning(
+                    "%s holds images of %s; this run reads %s, which the dataset will record as its images folder "
+                    "(thumbnails and dedup read from it). Right if the images moved; for another collection, stop "
+                    "(Ctrl-C) and give another output directory",
+                    self.out_dir,
+                    existing.root,
+                    self.meta.root,
+                )
             for path in parts:
                 self._part_ids[path.name] = read_parquet(path, ["id"]).column("id").to_numpy()
             self._known = np.unique(np.concatenate(list(self._part_ids.values())))

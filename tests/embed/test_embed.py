@@ -249,6 +249,18 @@ def test_a_folder_without_images_says_so_instead_of_up_to_date(tmp_path):
         assert "up to date" not in output
 
 
+def test_embedding_another_folder_into_a_dataset_warns_that_its_images_folder_changes(tmp_path, caplog):
+    photo_tree(tmp_path / "a", 1)
+    photo_tree(tmp_path / "b", 1)
+    assert embed(str(tmp_path / "a"), "-o", str(tmp_path / "emb"), *RANDOM)[0] == 0
+    assert not caplog.records
+    assert embed(str(tmp_path / "a"), "-o", str(tmp_path / "emb"), "--no-progress")[0] == 0  # a rerun: silent
+    assert not caplog.records
+    assert embed(str(tmp_path / "b"), "-o", str(tmp_path / "emb"), "--no-progress")[0] == 0
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and f"holds images of {tmp_path / 'a'}; this run reads" in record.message
+
+
 def test_second_job_on_the_same_output_is_refused(tmp_path):
     images, out = tmp_path / "images", tmp_path / "emb"
     photo_tree(images, 1)
