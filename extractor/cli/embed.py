@@ -17,7 +17,7 @@ from extractor.util.cli_options import output_dir_option, progress_option
 
 
 @click.command()
-@click.argument("source", required=False, metavar="[SOURCE]")
+@click.argument("sources", nargs=-1, metavar="[SOURCE]")  # one; more is the shell expanding a pattern: said so
 @output_dir_option("Dataset directory (created; rerunning resumes it).")
 @click.option(
     "--weights",
@@ -149,7 +149,7 @@ from extractor.util.cli_options import output_dir_option, progress_option
 )
 @progress_option
 def embed(
-    source: str | None,
+    sources: tuple[str, ...],
     out_dir: str,
     weights: str | None,
     arch: str | None,
@@ -191,6 +191,13 @@ def embed(
     given = [name for name, value in ray_only.items() if value]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    if len(sources) > 1:
+        shown = " ".join(sources[:3]) + (" ..." if len(sources) > 3 else "")
+        raise click.UsageError(
+            f"give one SOURCE, not {len(sources)} ({shown}); quote a shard pattern, 'shards/*.tar' or "
+            "'shards/{00000..00099}.tar', so that the shell passes it as it is"
+        )
+    source = sources[0] if sources else None
     if (source is None) == (from_list is None):
         raise click.UsageError("give SOURCE (a folder, URL or tar shards) or --from-list FILE, one of them")
     if list_root is not None and from_list is None:

@@ -270,6 +270,13 @@ def test_second_job_on_the_same_output_is_refused(tmp_path):
     assert code == 1 and "another alexfeat job" in output
 
 
+def test_a_pattern_the_shell_expanded_is_a_usage_error_that_says_to_quote_it(tmp_path):
+    shards = [str(tmp_path / f"{n:05d}.tar") for n in range(5)]  # what `embed shards/*.tar` passes unquoted
+    code, output = embed(*shards, "-o", str(tmp_path / "emb"), *RANDOM)
+    assert code == 2 and "give one SOURCE, not 5" in output and "quote a shard pattern" in output, output
+    assert not (tmp_path / "emb").exists()
+
+
 def test_bad_arguments_are_clear_errors(tmp_path, caffe_weights):
     code, output = embed(str(tmp_path / "missing"), "-o", str(tmp_path / "emb"), *RANDOM)
     assert code == 1 and "does not exist" in output
