@@ -112,7 +112,8 @@ def encode_labels(labels: Sequence[str | None]) -> tuple[list[str], np.ndarray, 
         raise AlexfeatError(
             f"a classifier needs at least two classes, and the labels give {found}. Put the "
             "images in one folder per class (the label is the first folder under the embedded "
-            "root), or pass --labels FILE.csv with path,label rows"
+            "root; a manifest's label column; a tar shard's .cls member), or pass --labels FILE.csv with "
+            "path,label rows"
         )
     index = {label: i for i, label in enumerate(classes)}
     return classes, np.array([index[labels[i]] for i in rows.tolist()], dtype=np.int64), rows

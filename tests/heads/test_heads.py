@@ -152,6 +152,7 @@ def test_one_class_only_is_a_clear_error(tmp_path):
     embed_tree(tmp_path / "images", tmp_path / "emb")
     code, output = run("train", str(tmp_path / "emb"), "-o", str(tmp_path / "head"))
     assert code == 1 and "at least two classes" in output and "only the class 'discs'" in output
+    assert "a manifest's label column; a tar shard's .cls member" in output  # where else labels come from
 
 
 def test_output_that_is_not_a_head_directory_is_refused(data, tmp_path):
