@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from extractor.errors import DatasetError, IndexDirError
 from extractor.network.spec import EmbeddingMeta
-from extractor.store import dataset_lock, row_schema
+from extractor.store import dataset_lock, list_parts, row_schema
 from extractor.util.atomic import fsync_path, write_text_atomic
 from index.ops import faiss_reason
 
@@ -413,6 +413,11 @@ def read_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
+        if list_parts(directory):  # the embeddings given where their index was meant
+            raise IndexDirError(
+                f"{directory} is an embeddings dataset, not an index: build its index with `alexfeat index build "
+                f"{directory} -o INDEX_DIR` and give INDEX_DIR"
+            ) from None
         raise _fail(directory, f"{INFO_FILE} is missing") from None
     except (OSError, ValueError) as exc:
         raise _fail(directory, f"{INFO_FILE} cannot be read ({exc})") from None

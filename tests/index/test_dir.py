@@ -182,6 +182,11 @@ def test_missing_index_directory_is_a_clear_error(tmp_path: Path) -> None:
         Searcher(tmp_path / "nowhere")
 
 
+def test_an_embeddings_dataset_given_as_the_index_says_to_build_one(dataset: Path) -> None:
+    with pytest.raises(AlexfeatError, match=r"is an embeddings dataset, not an index: build its index with `alexfeat"):
+        Searcher(dataset)
+
+
 def test_empty_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with DatasetWriter(tmp_path / "emb", make_meta()):
         pass
