@@ -3,6 +3,7 @@ in a Parquet dataset."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -251,10 +252,12 @@ def errors(emb_dir: str, as_json: bool) -> None:
     """List the files of the dataset EMB_DIR that could not be embedded, with the reason."""
     import json
 
-    from extractor.store import read_errors
+    from extractor.store import list_parts, read_errors
     from extractor.util.textsafe import text_cell
 
     records = read_errors(emb_dir).to_pylist()
+    if not records and not list_parts(emb_dir) and any(not n.startswith(".") for n in os.listdir(emb_dir)):
+        raise click.ClickException(f"{emb_dir} is not an embeddings dataset: give the -o directory of `alexfeat embed`")
     if as_json:
         click.echo(json.dumps(records, indent=1, ensure_ascii=False))
         return

@@ -237,6 +237,9 @@ def test_errors_of_a_missing_or_clean_dataset(tmp_path):
     (tmp_path / "emb").mkdir()
     clean = CliRunner().invoke(main, ["errors", str(tmp_path / "emb"), "--json"])
     assert clean.exit_code == 0 and json.loads(clean.stdout) == []
+    make_photo(tmp_path / "images" / "a.jpg", (32, 24), seed=0)  # the images folder given instead of the dataset
+    wrong = CliRunner().invoke(main, ["errors", str(tmp_path / "images")])
+    assert wrong.exit_code == 1 and "is not an embeddings dataset: give the -o directory" in wrong.output
 
 
 def test_a_folder_without_images_says_so_instead_of_up_to_date(tmp_path):
