@@ -162,7 +162,8 @@ def predict(
             click.echo(json.dumps(result.as_json(), ensure_ascii=False))
         else:
             click.echo(line, err=to_stderr)
-    click.echo(f"classified {done}" + (f", {failed} could not be read" if failed else ""), err=True)
+    none = f": found no images under {image_dir}" if image_dir and not (done or failed or images) else ""
+    click.echo(f"classified {done}" + (f", {failed} could not be read" if failed else "") + none, err=True)
 
 
 @click.command()

@@ -78,6 +78,9 @@ def test_predict_text_output_and_errors_on_stderr(trained, tmp_path):
     assert fields[0] == str(trained["held"][0]) and fields[1] == "Stripes" and len(fields) == 5
     assert 0.0 <= float(fields[2]) <= 1.0
     assert f"{tmp_path / 'notes.jpg'}: not_an_image:" in err
+    (tmp_path / "empty").mkdir()
+    code, out, err = run("predict", trained["head"], "--dir", tmp_path / "empty", "--no-progress")
+    assert code == 0 and not out and err == f"classified 0: found no images under {tmp_path / 'empty'}\n"
 
 
 def test_predict_on_images_equals_the_head_on_their_stored_embeddings(trained):
