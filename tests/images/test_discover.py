@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from extractor.errors import AlexfeatError
 from extractor.images.decode import DecodeError, ResizeSpec, decode_image
@@ -55,7 +56,7 @@ def test_order_is_code_point_order_of_the_whole_relative_path(tmp_path: Path) ->
 
 
 def test_extensions_are_case_insensitive_and_other_files_are_ignored(tmp_path: Path) -> None:
-    images = ["a.JPG", "b.Jpeg", "c.png", "d.GIF", "e.bmp", "f.tif", "g.TIFF", "h.webp"]
+    images = ["a.JPG", "b.Jpeg", "c.png", "d.GIF", "e.bmp", "f.tif", "g.TIFF", "h.webp", "i.AVIF"]
     others = ["notes.txt", "a.jpg.bak", "raw.heic", "noextension", "archive.zip", "jpg"]
     _touch(tmp_path, *images, *others)
     assert _paths(tmp_path) == sorted(images)
@@ -203,3 +204,10 @@ def test_links_to_special_files_and_link_loops_never_hang(tmp_path: Path) -> Non
     os.symlink("a.jpg", tmp_path / "b.jpg")
     for follow in (True, False):
         assert [e.path for e in discover(tmp_path, follow_outside=follow)] == ["ok.jpg"]
+
+
+def test_an_avif_photo_is_listed_and_decodes(tmp_path: Path) -> None:
+    pytest.importorskip("PIL.AvifImagePlugin", reason="this Pillow build cannot write AVIF")
+    Image.new("RGB", (64, 48), (200, 30, 90)).save(tmp_path / "red.avif")
+    assert _paths(tmp_path) == ["red.avif"]
+    assert decode_image(tmp_path / "red.avif", ResizeSpec.parse("squash227")).pixels.shape == (227, 227, 3)
