@@ -86,7 +86,7 @@ class EmbedSummary:
             + (f", rows dropped {self.dropped}" if self.dropped else ""),
             f"wall {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; stages: {stages}"
             + (f" ({notes})" if notes else ""),
-        ] + ([f"precision {self.precision}"] if self.precision else [])
+        ] + ([f"precision {self.precision}"] if self.precision and self.embedded else [])  # only when the network ran
 
 
 @dataclass

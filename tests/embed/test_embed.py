@@ -491,6 +491,14 @@ def test_auto_precision_is_reported_and_an_unknown_one_refused(tmp_path):
     assert code == 2 and "'half' is not one of 'auto', 'float32', 'bfloat16'" in output
 
 
+def test_no_precision_is_reported_when_nothing_ran_through_the_network(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "notes.jpg").write_text("not a photo")
+    code, output = embed(str(images), "-o", str(tmp_path / "emb"), *RANDOM)
+    assert code == 0 and "embedded 0, unchanged 0, errors 1" in output and "\nprecision " not in output, output
+
+
 def test_warnings_read_like_the_commands_own_and_verbose_adds_time_and_module(tmp_path):
     (tmp_path / "list.txt").write_text("gone/x.jpg\n")
     cli = [sys.executable, "-m", "extractor.cli"]
