@@ -248,7 +248,7 @@ def test_a_folder_without_images_says_so_instead_of_up_to_date(tmp_path):
     (tmp_path / "notes" / "readme.txt").write_text("not an image")
     for folder in ("empty", "notes"):
         code, output = embed(str(tmp_path / folder), "-o", str(tmp_path / f"emb_{folder}"), *RANDOM)
-        assert code == 0 and output.startswith("found no images (files ending .bmp .gif .jpeg .jpg"), output
+        assert code == 0 and output.startswith("found no images (files ending .avif .bmp .gif .jpeg .jpg"), output
         assert "up to date" not in output
 
 
